@@ -1,0 +1,117 @@
+"""The one interface every frozen encoder implements.
+
+An encoder maps a batch of inputs of one modality to L2-normalised float32 vectors of size
+``dim`` (shape ``(N, dim)``). Encoders are frozen: parameters have ``requires_grad=False``, the
+module stays in ``eval()`` mode even if a parent module calls ``.train()``, and encoding runs
+under ``torch.inference_mode``. On CUDA, encoding runs under autocast in ``precision``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+MODALITIES = ("text", "image", "audio")
+
+
+class ModalityNotSupported(NotImplementedError):
+    """Raised when an encoder is asked for a modality it does not have."""
+
+
+class FrozenEncoder(nn.Module):
+    """Base class. Subclasses set ``space``, ``dim``, ``modalities`` and implement ``_encode_<m>``.
+
+    Attributes:
+        space: name of the embedding space (used as the ``<space>.npy`` entry name in shards).
+        dim: output dimension.
+        modalities: the subset of ``MODALITIES`` this encoder supports.
+        sample_rate: audio sample rate in Hz the model expects (audio encoders only).
+        audio_window_s: audio window in seconds the model sees (audio encoders only).
+    """
+
+    space: str = ""
+    dim: int = 0
+    modalities: frozenset[str] = frozenset()
+    sample_rate: int | None = None
+    audio_window_s: float | None = None
+
+    def __init__(self, precision: str = "bf16") -> None:
+        super().__init__()
+        if precision not in ("bf16", "fp16", "fp32"):
+            raise ValueError(f"precision={precision!r} is invalid: use 'bf16', 'fp16' or 'fp32'")
+        self.precision = precision
+
+    # --- frozenness -------------------------------------------------------------------------
+    def freeze(self) -> FrozenEncoder:
+        """Turn off gradients and put every submodule in eval mode. Call at the end of ``__init__``."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+        return self
+
+    def train(self, mode: bool = True) -> FrozenEncoder:  # noqa: ARG002 - frozen: always eval
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    def _autocast(self):
+        dev = self.device
+        if dev.type == "cuda" and self.precision != "fp32":
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return nullcontext()
+
+    # --- public API ----------------------------------------------------------------------------
+    def encode_text(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """``texts``: N strings -> ``(N, dim)`` float32, unit rows, on ``self.device``."""
+        return self._encode("text", list(texts), batch_size)
+
+    def encode_image(self, images: Sequence, batch_size: int = 64) -> torch.Tensor:
+        """``images``: N PIL images -> ``(N, dim)`` float32, unit rows."""
+        return self._encode("image", list(images), batch_size)
+
+    def encode_audio(self, waves: Sequence, batch_size: int = 16) -> torch.Tensor:
+        """``waves``: N mono float32 arrays at ``sample_rate`` -> ``(N, dim)`` float32, unit rows."""
+        return self._encode("audio", list(waves), batch_size)
+
+    def _encode(self, modality: str, items: list, batch_size: int) -> torch.Tensor:
+        if modality not in self.modalities:
+            raise ModalityNotSupported(
+                f"{type(self).__name__} (space {self.space!r}) has no {modality} tower; "
+                f"it supports {sorted(self.modalities)}"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        fn = getattr(self, f"_encode_{modality}")
+        if not items:
+            return torch.zeros(0, self.dim, dtype=torch.float32, device=self.device)
+        outs = []
+        with torch.inference_mode(), self._autocast():
+            for chunk in _chunks(items, batch_size):
+                out = fn(chunk)  # (b, dim), any float dtype
+                outs.append(torch.nn.functional.normalize(out.float(), dim=-1))
+        return torch.cat(outs, dim=0)
+
+    # Subclasses implement the ones they support; each returns an un-normalised (b, dim) tensor.
+    def _encode_text(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _encode_image(self, images: list) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _encode_audio(self, waves: list) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
