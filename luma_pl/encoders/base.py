@@ -8,8 +8,10 @@ under ``torch.inference_mode``. On CUDA, encoding runs under autocast in ``preci
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -38,11 +40,18 @@ class FrozenEncoder(nn.Module):
     sample_rate: int | None = None
     audio_window_s: float | None = None
 
-    def __init__(self, precision: str = "bf16") -> None:
+    # Default batch size per modality when neither the call nor the constructor gives one: audio
+    # towers see 10 s spectrograms, so they get smaller batches.
+    DEFAULT_BATCH_SIZE = {"text": 64, "image": 64, "audio": 16}
+
+    def __init__(self, precision: str = "bf16", batch_size: int | None = None) -> None:
         super().__init__()
         if precision not in ("bf16", "fp16", "fp32"):
             raise ValueError(f"precision={precision!r} is invalid: use 'bf16', 'fp16' or 'fp32'")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1 (or None for the per-modality default)")
         self.precision = precision
+        self.batch_size = batch_size
 
     # --- frozenness -------------------------------------------------------------------------
     def freeze(self) -> FrozenEncoder:
@@ -71,24 +80,30 @@ class FrozenEncoder(nn.Module):
         return nullcontext()
 
     # --- public API ----------------------------------------------------------------------------
-    def encode_text(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """``texts``: N strings -> ``(N, dim)`` float32, unit rows, on ``self.device``."""
-        return self._encode("text", list(texts), batch_size)
+    def encode_text(self, texts: Sequence[str], batch_size: int | None = None) -> torch.Tensor:
+        """``texts``: N non-empty strings -> ``(N, dim)`` float32, unit rows, on ``self.device``."""
+        if isinstance(texts, str):  # a bare string would be encoded character by character
+            raise ValueError("encode_text expects a list of strings, got a single str; wrap it: [text]")
+        texts = list(texts)
+        check_texts(texts)
+        return self._encode("text", texts, batch_size)
 
-    def encode_image(self, images: Sequence, batch_size: int = 64) -> torch.Tensor:
+    def encode_image(self, images: Sequence, batch_size: int | None = None) -> torch.Tensor:
         """``images``: N PIL images -> ``(N, dim)`` float32, unit rows."""
         return self._encode("image", list(images), batch_size)
 
-    def encode_audio(self, waves: Sequence, batch_size: int = 16) -> torch.Tensor:
+    def encode_audio(self, waves: Sequence, batch_size: int | None = None) -> torch.Tensor:
         """``waves``: N mono float32 arrays at ``sample_rate`` -> ``(N, dim)`` float32, unit rows."""
         return self._encode("audio", list(waves), batch_size)
 
-    def _encode(self, modality: str, items: list, batch_size: int) -> torch.Tensor:
+    def _encode(self, modality: str, items: list, batch_size: int | None) -> torch.Tensor:
         if modality not in self.modalities:
             raise ModalityNotSupported(
                 f"{type(self).__name__} (space {self.space!r}) has no {modality} tower; "
                 f"it supports {sorted(self.modalities)}"
             )
+        if batch_size is None:
+            batch_size = self.batch_size or self.DEFAULT_BATCH_SIZE[modality]
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         fn = getattr(self, f"_encode_{modality}")
@@ -110,6 +125,27 @@ class FrozenEncoder(nn.Module):
 
     def _encode_audio(self, waves: list) -> torch.Tensor:
         raise NotImplementedError
+
+
+def check_texts(texts: list) -> None:
+    """Raise ``ValueError`` naming the first index whose item is not a non-blank ``str``.
+
+    An empty string has no tokens to pool (MiniLM/WordLlama would divide by zero, CLIP would embed
+    only the start/end tokens), so it is refused rather than silently embedded.
+    """
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ValueError(f"texts[{i}] is a {type(t).__name__}, not a str; pass strings only")
+        if not t.strip():
+            raise ValueError(f"texts[{i}] is empty or blank ({t!r}); drop it or give it some text")
+
+
+def existing_path(path: str | os.PathLike, argument: str, fix: str) -> Path:
+    """``Path(path)`` if it exists, else ``FileNotFoundError`` naming the argument, path and fix."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{argument}={str(path)!r} does not exist; {fix}")
+    return p
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
