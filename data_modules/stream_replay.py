@@ -1,0 +1,272 @@
+"""Replay shards in stream order as batches (the replay batch contract of docs/architecture.md).
+
+``StreamReplayDataset`` (an ``IterableDataset``) builds whole batches inside each DataLoader worker
+by numpy slicing of columnar chunks (DataLoader ``batch_size=None``). The batch plan
+(``replay_plan.plan_replay``) comes from the manifest, so every rank yields the same number of
+batches without talking to the others; a worker that runs short (corrupt samples) pads up to its
+planned count. ``StreamReplayDataModule`` wires it into Lightning and saves the number of batches
+consumed in checkpoints (``state_dict``), so a resumed run skips exactly those batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from luma_pl.configuration import StrictConfig, require
+from luma_pl.threads import limit_cpu_threads
+
+from .replay_plan import ReplayPlan, plan_replay, resume_split
+from .shard_format import Manifest, load_manifest
+from .shard_reader import EventChunk, ReaderConfig, Skip, concat_chunks, iter_chunks
+
+log = logging.getLogger("luma_pl.replay")
+
+
+@dataclass
+class ReplayConfig(StrictConfig):
+    """Settings of a stream replay."""
+
+    root: str = ""
+    """Folder holding ``<name>-%06d.tar`` shards and (optionally) ``manifest.json``."""
+    batch_size: int = 256
+    """Events per batch (the last batch of a worker may be smaller unless ``drop_last``)."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank; each reads its own shards."""
+    drop_last: bool = False
+    """Drop each worker's final partial batch (its events are not replayed)."""
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+    """How shard entries are decoded (sizes, media decoding)."""
+    pin_memory: bool = False
+    """Pin batch tensors (only useful with CUDA)."""
+
+    def validate(self) -> None:
+        require(bool(self.root), "ReplayConfig", "root", self.root, "pass the folder that holds the shards")
+        require(self.batch_size > 0, "ReplayConfig", "batch_size", self.batch_size, "use e.g. 256")
+        require(self.num_workers >= 0, "ReplayConfig", "num_workers", self.num_workers, "use 0 or more")
+        if isinstance(self.reader, dict):
+            self.reader = ReaderConfig.from_dict(self.reader)
+        self.reader.validate()
+
+
+def empty_batch(manifest: Manifest, skipped: int = 0) -> dict:
+    """A B=0 padding batch with every column of the contract."""
+    return {
+        "key": [], "ts": torch.zeros(0, dtype=torch.long), "topic": [],
+        "emb": {s: torch.zeros(0, d) for s, d in manifest.spaces.items()},
+        "has": {s: torch.zeros(0, dtype=torch.bool) for s in manifest.spaces},
+        "media": {e: [] for e in manifest.media},
+        "skipped": int(skipped), "padding": True,
+    }
+
+
+def to_batch(chunk: EventChunk, skipped: int) -> dict:
+    """Columnar chunk (B rows) -> contract batch; arrays are owned copies (cheap to share)."""
+    return {
+        "key": chunk.keys,
+        "ts": torch.from_numpy(np.array(chunk.ts, np.int64)),  # (B,)
+        "topic": chunk.topics,
+        "emb": {s: torch.from_numpy(np.array(a, np.float32)) for s, a in chunk.emb.items()},  # (B, d)
+        "has": {s: torch.from_numpy(np.array(h, bool)) for s, h in chunk.has.items()},  # (B,)
+        "media": chunk.media,
+        "skipped": int(skipped), "padding": False,
+    }
+
+
+def _slice(chunk: EventChunk, i: int, j: int) -> EventChunk:
+    return EventChunk(chunk.keys[i:j], chunk.ts[i:j], chunk.topics[i:j],
+                      {s: a[i:j] for s, a in chunk.emb.items()}, {s: h[i:j] for s, h in chunk.has.items()},
+                      {e: v[i:j] for e, v in chunk.media.items()})
+
+
+def rebatch(chunks: Iterator[EventChunk], batch_size: int, drop_last: bool) -> Iterator[EventChunk]:
+    """Re-cut a stream of chunks of any size into chunks of exactly ``batch_size`` rows."""
+    buf: deque[EventChunk] = deque()
+    have = 0
+    for chunk in chunks:
+        buf.append(chunk)
+        have += len(chunk)
+        while have >= batch_size:
+            pieces, need = [], batch_size
+            while need:
+                head = buf[0]
+                take = min(need, len(head))
+                pieces.append(_slice(head, 0, take))
+                if take == len(head):
+                    buf.popleft()
+                else:
+                    buf[0] = _slice(head, take, len(head))
+                need -= take
+            have -= batch_size
+            yield concat_chunks(pieces)
+    if have and not drop_last:
+        yield concat_chunks(list(buf))
+
+
+class StreamReplayDataset(IterableDataset):
+    """Yields this rank's batches; with DataLoader workers, each worker yields its planned share.
+
+    Args:
+        cfg: replay settings.
+        rank, world_size: this process's place among the ranks.
+        resume_batches: batches of this pass already consumed (from a checkpoint); they are skipped.
+    """
+
+    def __init__(self, cfg: ReplayConfig, rank: int = 0, world_size: int = 1, resume_batches: int = 0,
+                 manifest: Manifest | None = None):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.manifest = manifest or load_manifest(cfg.root)
+        self.plan: ReplayPlan = plan_replay(self.manifest, world_size, cfg.num_workers, cfg.batch_size,
+                                            cfg.drop_last)
+        self.resume_batches = resume_batches
+        self.skips: list[Skip] = []  # details, filled in the process that reads (num_workers=0: here)
+
+    def batches_per_pass(self) -> int:
+        return self.plan.rank_batches(self.rank)
+
+    def __len__(self) -> int:
+        return self.batches_per_pass() - self.resume_batches
+
+    def _totals(self) -> list[int]:
+        return [self.plan.total(self.rank, w) for w in range(self.plan.workers)]
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        physical = info.id if info is not None else 0
+        skip, start = resume_split(self._totals(), self.resume_batches)
+        worker = (physical + start) % self.plan.workers
+        return self._worker_batches(worker, skip[worker])
+
+    def _worker_batches(self, worker: int, skip: int) -> Iterator[dict]:
+        """Exactly ``plan.total(rank, worker)`` batches, the first ``skip`` of them not yielded."""
+        real = self.plan.real[self.rank][worker]
+        total = self.plan.total(self.rank, worker)
+        pending = [0]  # skips since the previous yielded batch
+
+        def on_skip(s: Skip) -> None:
+            self.skips.append(s)
+            pending[0] += 1
+            log.warning("replay skipped shard=%s key=%r: %s", s.shard, s.key, s.reason)
+
+        def take() -> int:
+            n, pending[0] = pending[0], 0
+            return n
+
+        def chunks() -> Iterator[EventChunk]:
+            for i in self.plan.shards[self.rank][worker]:
+                path = os.path.join(self.cfg.root, self.manifest.shards[i].name)
+                yield from iter_chunks(path, self.manifest.spaces, self.manifest.media, self.cfg.reader, on_skip)
+
+        emitted = 0
+        prev: EventChunk | None = None  # one batch of look-ahead: trailing skips join the last batch
+        stream = rebatch(chunks(), self.cfg.batch_size, self.cfg.drop_last)
+        for chunk in stream:
+            if prev is not None:
+                out = to_batch(prev, take())
+                if emitted >= skip:
+                    yield out
+                emitted += 1
+            if emitted == real:
+                on_skip(Skip(self.manifest.shards[self.plan.shards[self.rank][worker][-1]].name, "",
+                             "shards hold more events than manifest.json lists; rebuild the manifest"))
+                prev = None
+                break
+            prev = chunk
+        if prev is not None:
+            out = to_batch(prev, take())
+            if emitted >= skip:
+                yield out
+            emitted += 1
+        while emitted < total:  # data ran short (corrupt samples) or plan padding
+            out = empty_batch(self.manifest, take())
+            if emitted >= skip:
+                yield out
+            emitted += 1
+
+
+def _worker_init(_: int) -> None:
+    limit_cpu_threads()
+
+
+class StreamReplayDataModule(pl.LightningDataModule):
+    """LightningDataModule over a shard folder; rank and world size come from the Trainer.
+
+    Running totals: ``batches_consumed`` (this pass), ``events_seen``, ``skipped_total``; these are
+    saved in checkpoints. Counting happens in ``on_before_batch_transfer`` during training (the
+    step's batch, not Lightning's prefetched one); without a Trainer call ``mark_consumed(batch)``.
+    """
+
+    def __init__(self, root: str = "", batch_size: int = 256, num_workers: int = 0, drop_last: bool = False,
+                 reader: dict | None = None, pin_memory: bool = False, config: ReplayConfig | None = None):
+        super().__init__()
+        self.cfg = config or ReplayConfig.from_dict(dict(
+            root=str(root), batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
+            reader=ReaderConfig.from_dict(reader or {}), pin_memory=pin_memory))
+        self.cfg.validate()
+        self.batches_consumed = 0
+        self.events_seen = 0
+        self.skipped_total = 0
+        self.dataset: StreamReplayDataset | None = None
+        self._resume = 0
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def setup(self, stage: str | None = None) -> None:
+        rank, world = self._rank_world()
+        if not Path(self.cfg.root).is_dir():
+            raise FileNotFoundError(f"root={self.cfg.root!r} is not a folder; point it at the shard folder")
+        self.dataset = StreamReplayDataset(self.cfg, rank, world)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.dataset is None:
+            self.setup("fit")
+        self.dataset.resume_batches = self._resume  # read by workers when the loader is iterated
+        k = self.cfg.num_workers
+        return DataLoader(self.dataset, batch_size=None, num_workers=k, pin_memory=self.cfg.pin_memory,
+                          worker_init_fn=_worker_init if k else None, persistent_workers=False)
+
+    def mark_consumed(self, batch: dict) -> None:
+        """Count one consumed batch (the hook below does this under a Trainer)."""
+        if self._resume and self.dataset is not None:
+            # the loader's workers already hold their copy; later passes start from the beginning
+            self.dataset.resume_batches = self._resume = 0
+        self.batches_consumed += 1
+        self.events_seen += len(batch["key"])
+        self.skipped_total += int(batch["skipped"])
+        if self.dataset is not None and self.batches_consumed >= self.dataset.batches_per_pass():
+            self.batches_consumed = 0  # pass complete: a checkpoint now resumes at a fresh pass
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training and isinstance(batch, dict) and "padding" in batch:
+            self.mark_consumed(batch)
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"batches_consumed": self.batches_consumed, "events_seen": self.events_seen,
+                "skipped_total": self.skipped_total}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches_consumed = int(state["batches_consumed"])
+        self.events_seen = int(state.get("events_seen", 0))
+        self.skipped_total = int(state.get("skipped_total", 0))
+        self._resume = self.batches_consumed
+        if self.dataset is not None:
+            self.dataset.resume_batches = self._resume
