@@ -49,9 +49,9 @@ class WordLlamaEncoder(FrozenEncoder):
         dim: keep the leading ``dim`` columns (64, 128 or 256; Matryoshka truncation).
         max_tokens: tokens kept per text (the package keeps all; we cap to bound memory on
             pathological inputs).
+        space: name of the embedding space.
     """
 
-    space = "wordllama"
     modalities = frozenset({"text"})
 
     def __init__(
@@ -59,6 +59,7 @@ class WordLlamaEncoder(FrozenEncoder):
         path: str | os.PathLike | None = None,
         dim: int = 256,
         max_tokens: int = 2048,
+        space: str = "wordllama",
         device: str | torch.device = "cpu",
         precision: str = "fp32",
         batch_size: int | None = None,
@@ -76,6 +77,7 @@ class WordLlamaEncoder(FrozenEncoder):
 
         table = load_file(str(weights))["embedding.weight"][:, :dim].float().contiguous()  # (V, dim)
         self.register_buffer("table", table, persistent=False)
+        self.space = space
         self.dim = dim
         self.max_tokens = max_tokens
         self.tokenizer = Tokenizer.from_file(str(tok_file))
