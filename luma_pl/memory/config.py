@@ -1,0 +1,117 @@
+"""Typed settings of the tiered memory (one dataclass, every field documented and range-checked)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from luma_pl.configuration import StrictConfig, require
+
+HOT_BACKENDS = ("hnsw", "flat", "gpu_flat")
+# Bytes of one exact hot vector row plus its bookkeeping, used to reject budgets that cannot hold
+# even one item (the real per-node cost, graph links included, is measured at run time).
+_ID_BYTES = 8
+
+
+@dataclasses.dataclass
+class MemoryConfig(StrictConfig):
+    """Configuration of ``TieredMemory``. Budgets are hard limits: the memory never exceeds them."""
+
+    dim: int = 512
+    """Vector dimension d; every inserted vector is (d,) float32 and L2-normalised."""
+    hot_max_items: int = 10_000
+    """Most live items the hot (exact) tier may hold."""
+    hot_max_bytes: int = 64 << 20
+    """RAM bytes the hot tier may use: vectors + graph links + tombstoned rows + id arrays."""
+    warm_max_items: int = 100_000
+    """Most items the warm tier (PQ codes and the exact pre-training buffer together) may hold."""
+    warm_max_bytes: int = 64 << 20
+    """RAM bytes the warm tier may use: codes + ids + lists + quantizers + buffer vectors + zeta."""
+    hot_backend: str = "hnsw"
+    """'hnsw' (faiss IndexHNSWFlat, CPU), 'flat' (exact IndexFlatIP, CPU) or 'gpu_flat' (GpuIndexFlatIP)."""
+    hnsw_m: int = 32
+    """HNSW graph degree M (2M links per node on level 0)."""
+    ef_construction: int = 80
+    """HNSW efConstruction: candidate list size while building; higher = better graph, slower add."""
+    ef_search: int = 64
+    """HNSW efSearch: candidate list size while searching; raised to k when k is larger."""
+    tombstone_fraction: float = 0.2
+    """Rebuild the HNSW graph once this fraction of its rows are tombstones (removed items)."""
+    nlist: int = 0
+    """IVF lists of the warm tier; 0 = choose ~4*sqrt(warm_max_items), bounded by the training size."""
+    nprobe: int = 16
+    """IVF lists visited per query (clamped to nlist); never faiss's default of 1 by accident."""
+    pq_m: int = 64
+    """PQ sub-quantizers; must divide dim. Code size is pq_m * pq_nbits / 8 bytes."""
+    pq_nbits: int = 8
+    """Bits per PQ sub-quantizer code (2**nbits centroids each)."""
+    train_points_per_centroid: int = 39
+    """Training waits for this many points per centroid (IVF and PQ); faiss warns below 39."""
+    retrain_drift_factor: float = 1.5
+    """Retrain the warm tier when mean zeta over the recent window exceeds this factor x training mean."""
+    zeta_window: int = 4096
+    """Number of most recent warm encodings whose mean zeta is compared against training time."""
+    oversample: int = 4
+    """Default rescoring factor: warm search fetches oversample*k PQ candidates and rescores them."""
+    promote_min_hits: int = 2
+    """``migrate()`` promotes warm items with at least this many hits (top-k appearances) to hot."""
+    seed: int = 1234
+    """Seed of faiss k-means training, so two memories built the same way are identical."""
+
+    def validate(self) -> None:
+        o = "MemoryConfig"
+        require(self.dim >= 1, o, "dim", self.dim, "use a positive vector dimension")
+        row = self.dim * 4 + _ID_BYTES
+        require(self.hot_max_items >= 0, o, "hot_max_items", self.hot_max_items, "use >= 0 (0 = no hot tier)")
+        require(self.warm_max_items >= 0, o, "warm_max_items", self.warm_max_items, "use >= 0")
+        require(
+            self.hot_max_items == 0 or self.hot_max_bytes >= row,
+            o, "hot_max_bytes", self.hot_max_bytes,
+            f"a hot budget must hold at least one vector ({row} bytes at dim={self.dim}); raise it or set hot_max_items=0",
+        )
+        require(
+            self.warm_max_items == 0 or self.warm_max_bytes >= row,
+            o, "warm_max_bytes", self.warm_max_bytes,
+            f"a warm budget must hold at least one buffered vector ({row} bytes at dim={self.dim}); raise it or set warm_max_items=0",
+        )
+        require(self.hot_max_items + self.warm_max_items >= 1, o, "hot_max_items", self.hot_max_items,
+                "hot_max_items + warm_max_items must be >= 1")
+        require(self.hot_backend in HOT_BACKENDS, o, "hot_backend", self.hot_backend, f"use one of {HOT_BACKENDS}")
+        require(self.hnsw_m >= 2, o, "hnsw_m", self.hnsw_m, "use M >= 2 (16-64 is typical)")
+        require(self.ef_construction >= 1, o, "ef_construction", self.ef_construction, "use >= 1 (40-200 typical)")
+        require(self.ef_search >= 1, o, "ef_search", self.ef_search, "use >= 1 (>= k is sensible)")
+        require(0.0 < self.tombstone_fraction < 1.0, o, "tombstone_fraction", self.tombstone_fraction,
+                "use a fraction in (0, 1), e.g. 0.2")
+        require(self.nlist >= 0, o, "nlist", self.nlist, "use 0 (automatic) or a positive list count")
+        require(self.nlist <= max(self.warm_max_items, 1), o, "nlist", self.nlist,
+                f"more lists than warm items ({self.warm_max_items}) leaves lists empty; lower nlist or use 0")
+        require(self.nprobe >= 1, o, "nprobe", self.nprobe, "use >= 1 (e.g. 16)")
+        require(self.pq_m >= 1 and self.dim % self.pq_m == 0, o, "pq_m", self.pq_m,
+                f"pq_m must be a positive divisor of dim={self.dim}")
+        require(1 <= self.pq_nbits <= 16, o, "pq_nbits", self.pq_nbits, "use 1..16 bits (8 is typical)")
+        require(self.train_points_per_centroid >= 1, o, "train_points_per_centroid",
+                self.train_points_per_centroid, "use >= 1 (39 avoids faiss warnings)")
+        require(self.retrain_drift_factor > 1.0, o, "retrain_drift_factor", self.retrain_drift_factor,
+                "use a factor > 1, e.g. 1.5")
+        require(self.zeta_window >= 1, o, "zeta_window", self.zeta_window, "use >= 1")
+        require(self.oversample >= 1, o, "oversample", self.oversample, "use >= 1 (1 = no rescoring)")
+        require(self.promote_min_hits >= 1, o, "promote_min_hits", self.promote_min_hits, "use >= 1")
+
+    def resolved_nlist(self) -> int:
+        """IVF list count: the configured one, else ~4*sqrt(warm_max_items) bounded so training fits.
+
+        Bounds: at least 1; at most warm_max_items / train_points_per_centroid (so the buffer can fill
+        to the training size), and small enough that the exact buffer at training size fits in the warm
+        byte budget (buffered vectors cost d*4 bytes each, far more than a PQ code).
+        """
+        if self.nlist:
+            return self.nlist
+        n = max(self.warm_max_items, 1)
+        guess = int(round(4 * math.sqrt(n)))
+        by_items = n // self.train_points_per_centroid
+        by_bytes = self.warm_max_bytes // ((self.dim * 4 + 12) * self.train_points_per_centroid)
+        return int(max(1, min(guess, by_items, by_bytes, 65536)))
+
+    def train_size(self) -> int:
+        """Warm vectors needed before the IVFPQ trains: points_per_centroid x max(nlist, 2**nbits)."""
+        return self.train_points_per_centroid * max(self.resolved_nlist(), 2**self.pq_nbits)

@@ -1,0 +1,144 @@
+"""Append-only, memory-mapped, crash-safe store of every admitted item's float32 original.
+
+Layout in ``directory``:
+- ``originals.f32``  rows of d float32 values, appended, never rewritten.
+- ``originals.json`` ``{"dim", "rows", "crc32"}``: the committed length, replaced atomically
+  (write tmp, fsync, os.replace, fsync dir) only after the appended rows were fsynced.
+
+A crash between the two leaves an uncommitted tail in the data file; ``open`` ignores it and the
+next append overwrites it. A torn header write is impossible (rename is atomic). The CRC covers the
+committed bytes and is checked by ``verify()`` (used when a saved memory is loaded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+
+import numpy as np
+
+DATA_NAME = "originals.f32"
+HEADER_NAME = "originals.json"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: str, obj: dict) -> None:
+    """Write JSON to ``path`` so that readers see the old or the new file, never a torn one."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+class OriginalsStore:
+    """Row-addressed store of (rows, d) float32 originals; rows are assigned in append order."""
+
+    def __init__(self, directory: str, dim: int):
+        self.directory = directory
+        self.dim = int(dim)
+        self._row_bytes = 4 * self.dim
+        os.makedirs(directory, exist_ok=True)
+        self._data_path = os.path.join(directory, DATA_NAME)
+        self._header_path = os.path.join(directory, HEADER_NAME)
+        self.rows = 0
+        self._crc = 0
+        if os.path.exists(self._header_path):
+            with open(self._header_path) as f:
+                head = json.load(f)
+            if int(head["dim"]) != self.dim:
+                raise ValueError(
+                    f"originals store {directory!r} holds dim={head['dim']} vectors, not dim={self.dim}; "
+                    "open it with the dimension it was written with"
+                )
+            self.rows, self._crc = int(head["rows"]), int(head["crc32"])
+            size = os.path.getsize(self._data_path) if os.path.exists(self._data_path) else 0
+            if size < self.rows * self._row_bytes:
+                raise ValueError(
+                    f"originals store {directory!r} is truncated: header commits {self.rows} rows "
+                    f"({self.rows * self._row_bytes} bytes) but the data file has {size} bytes"
+                )
+        else:
+            write_json_atomic(self._header_path, {"dim": self.dim, "rows": 0, "crc32": 0})
+        # 'a+b' would force writes to the end; we need to overwrite an uncommitted tail instead.
+        mode = "r+b" if os.path.exists(self._data_path) else "w+b"
+        self._file = open(self._data_path, mode)
+        self._map: np.ndarray | None = None
+
+    # -- writing -------------------------------------------------------------------------------
+    def append(self, vectors: np.ndarray) -> np.ndarray:
+        """Append (n, d) float32 rows durably; return their row numbers (n,) int64."""
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"vectors must be (n, {self.dim}) float32, got shape {x.shape}")
+        start = self.rows
+        if len(x) == 0:
+            return np.empty(0, dtype=np.int64)
+        payload = x.tobytes()
+        self._file.seek(start * self._row_bytes)  # overwrites any uncommitted tail
+        self._file.write(payload)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        crc = zlib.crc32(payload, self._crc)
+        write_json_atomic(self._header_path, {"dim": self.dim, "rows": start + len(x), "crc32": crc})
+        self.rows, self._crc = start + len(x), crc
+        self._map = None  # the mapping covers the old length; remap lazily
+        return np.arange(start, self.rows, dtype=np.int64)
+
+    # -- reading -------------------------------------------------------------------------------
+    def _mapped(self) -> np.ndarray:
+        if self._map is None or len(self._map) != self.rows:
+            if self.rows == 0:
+                return np.empty((0, self.dim), dtype=np.float32)
+            self._map = np.memmap(self._data_path, dtype=np.float32, mode="r", shape=(self.rows, self.dim))
+        return self._map
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        """(n, d) float32 copies of the given committed rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.rows):
+            raise IndexError(f"row out of range [0, {self.rows}) in originals store")
+        return np.array(self._mapped()[rows], dtype=np.float32)
+
+    def verify(self) -> None:
+        """Recompute the CRC of the committed bytes; raise ValueError on mismatch (corruption)."""
+        crc = 0
+        block = 1 << 16
+        m = self._mapped()
+        for s in range(0, self.rows, block):
+            crc = zlib.crc32(np.ascontiguousarray(m[s : s + block]).tobytes(), crc)
+        if crc != self._crc:
+            raise ValueError(f"originals store {self.directory!r}: checksum mismatch (file corrupted)")
+
+    @property
+    def crc32(self) -> int:
+        return self._crc
+
+    def copy_committed_to(self, directory: str) -> None:
+        """Write the committed rows and header into another directory (used by ``save``)."""
+        os.makedirs(directory, exist_ok=True)
+        dst = os.path.join(directory, DATA_NAME)
+        with open(self._data_path, "rb") as src, open(dst, "wb") as out:
+            left = self.rows * self._row_bytes
+            while left:
+                chunk = src.read(min(left, 1 << 24))
+                out.write(chunk)
+                left -= len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        write_json_atomic(os.path.join(directory, HEADER_NAME), {"dim": self.dim, "rows": self.rows, "crc32": self._crc})
+
+    def close(self) -> None:
+        self._map = None
+        if not self._file.closed:
+            self._file.close()

@@ -1,0 +1,143 @@
+"""Save / load a whole TieredMemory, and its ``state_dict`` for Lightning checkpoints.
+
+On disk (``save(memory, path)``), built in ``path.tmp-<pid>`` and renamed into place, so a crash
+leaves the old snapshot or the new one, never a mix:
+- ``arrays.npz``     numpy arrays only (faiss indexes as ``serialize_index`` bytes), no pickle
+- ``meta.json``      config, counters, scalars, and a CRC32 per array (checked on load)
+- ``originals.f32`` + ``originals.json``  the committed originals (own CRC, checked on load)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zlib
+
+import numpy as np
+
+from luma_pl.memory.config import MemoryConfig
+from luma_pl.memory.originals import OriginalsStore, write_json_atomic
+from luma_pl.memory.tiered import TieredMemory
+
+FORMAT_VERSION = 1
+
+
+def _arrays(memory: TieredMemory) -> dict[str, np.ndarray]:
+    n = memory.num_keys
+    w = memory.warm
+    return {
+        "hot_index": memory.hot.index_bytes(),
+        "hot_ids": memory.hot.ids,
+        "hot_live": memory.hot.live,
+        "warm_index": w.index_bytes(),
+        "warm_buf_ids": w.buf_ids,
+        "warm_buf_vecs": w.buf_vecs,
+        "warm_recent": np.asarray(list(w._recent), dtype=np.float32),
+        "ids": memory.ids[:n],
+        "locations": memory.locations[:n],
+        "hits": memory.hits[:n],
+        "last_access": memory.last_access[:n],
+        "zeta": memory.zeta[:n],
+    }
+
+
+def _scalars(memory: TieredMemory) -> dict:
+    return {
+        "format": FORMAT_VERSION,
+        "config": memory.cfg.to_dict(),
+        "counters": dict(memory.counters),
+        "num_keys": memory.num_keys,
+        "hot_rebuilds": memory.hot.rebuilds,
+        "warm_train_zeta_mean": memory.warm.train_zeta_mean,
+        "warm_trainings": memory.warm.trainings,
+    }
+
+
+def _crc(a: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(a).tobytes())
+
+
+def _restore(memory: TieredMemory, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Fill a fresh memory (whose originals already hold ``num_keys`` rows) and audit it."""
+    n = int(meta["num_keys"])
+    for name in ("ids", "locations", "hits", "last_access", "zeta"):
+        if len(arrays[name]) != n:
+            raise ValueError(f"saved memory is inconsistent: {name} has {len(arrays[name])} rows, expected {n}")
+    if memory.originals.rows != n:
+        raise ValueError(f"saved memory is inconsistent: originals hold {memory.originals.rows} rows, expected {n}")
+    memory._grow(n)
+    for name in ("ids", "locations", "hits", "last_access", "zeta"):
+        getattr(memory, name)[:n] = arrays[name]
+    live = np.flatnonzero(arrays["locations"] < 4)
+    memory.key_of = dict(zip(arrays["ids"][live].tolist(), live.tolist()))
+    memory.counters = {k: int(v) for k, v in meta["counters"].items()}
+    memory.hot.restore(arrays["hot_index"], arrays["hot_ids"], arrays["hot_live"], meta["hot_rebuilds"])
+    memory.warm.restore(arrays["warm_index"], arrays["warm_buf_ids"], arrays["warm_buf_vecs"],
+                        arrays["warm_recent"], meta["warm_train_zeta_mean"], meta["warm_trainings"])
+    memory._zeta_max = None
+    memory.audit()
+
+
+def save(memory: TieredMemory, path: str) -> None:
+    """Write the whole memory to directory ``path`` atomically (replacing an older snapshot)."""
+    path = os.path.abspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    arrays = _arrays(memory)
+    with open(os.path.join(tmp, "arrays.npz"), "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    meta = _scalars(memory) | {"crc32": {k: _crc(v) for k, v in arrays.items()}}
+    write_json_atomic(os.path.join(tmp, "meta.json"), meta)
+    memory.originals.copy_committed_to(tmp)
+    if os.path.exists(path):  # rename the old one aside first: os.replace cannot replace a non-empty dir
+        old = f"{path}.old-{os.getpid()}"
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def load(path: str, directory: str | None = None) -> TieredMemory:
+    """Open a saved memory; its originals are copied into ``directory`` (a temp dir by default),
+    so the snapshot stays unchanged while the loaded memory keeps appending."""
+    with open(os.path.join(path, "meta.json")) as f:
+        meta = json.load(f)
+    if meta.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path!r}: memory format {meta.get('format')} is not {FORMAT_VERSION}")
+    with np.load(os.path.join(path, "arrays.npz"), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    for k, crc in meta["crc32"].items():
+        if k not in arrays or _crc(arrays[k]) != crc:
+            raise ValueError(f"{path!r}: array {k!r} is missing or fails its checksum")
+    cfg = MemoryConfig.from_dict(meta["config"])
+    snapshot = OriginalsStore(path, cfg.dim)
+    snapshot.verify()
+    snapshot.close()
+    memory = TieredMemory(cfg, directory=directory)
+    memory.originals.close()
+    OriginalsStore(path, cfg.dim).copy_committed_to(memory.directory)
+    memory.originals = OriginalsStore(memory.directory, cfg.dim)
+    _restore(memory, arrays, meta)
+    return memory
+
+
+def state_dict(memory: TieredMemory) -> dict:
+    """numpy arrays and primitives only (Lightning / torch.load(weights_only=True) friendly)."""
+    n = memory.num_keys
+    originals = memory.originals.get(np.arange(n)) if n else np.empty((0, memory.cfg.dim), np.float32)
+    return {"arrays": _arrays(memory) | {"originals": originals}, "meta": json.dumps(_scalars(memory))}
+
+
+def from_state_dict(state: dict, directory: str | None = None) -> TieredMemory:
+    meta = json.loads(state["meta"])
+    arrays = {k: np.asarray(v) for k, v in state["arrays"].items()}
+    cfg = MemoryConfig.from_dict(meta["config"])
+    memory = TieredMemory(cfg, directory=directory)
+    memory.originals.append(arrays.pop("originals").astype(np.float32).reshape(-1, cfg.dim))
+    _restore(memory, arrays, meta)
+    return memory

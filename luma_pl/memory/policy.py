@@ -1,0 +1,50 @@
+"""Admission and migration policies: which tier a new item enters, which items leave a full tier.
+
+A policy sees the memory through three read-only per-key arrays (``memory.hits``, ``memory.last_access``,
+``memory.locations``; a key is an item's originals row) and returns decisions; the memory does the
+moving, so a policy cannot break the bookkeeping. The streaming-admission issue plugs its own policy in.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from luma_pl.memory.tiered import TieredMemory
+
+HOT, WARM, BUFFER, EVICTED, REPLACED = 0, 1, 2, 3, 4
+"""Location codes per key; REPLACED marks the old row of an upserted id (not an item any more)."""
+TIER_NAMES = {HOT: "hot", WARM: "warm", BUFFER: "buffer", EVICTED: "evicted"}
+
+
+@runtime_checkable
+class AdmissionPolicy(Protocol):
+    def admit_hot(self, memory: TieredMemory, keys: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """(n,) bool: True where a new item should enter hot (the memory spills the earliest in the
+        batch to warm when hot cannot take them all)."""
+
+    def hot_victims(self, memory: TieredMemory, n: int) -> np.ndarray:
+        """Up to n hot keys to demote to warm, most expendable first."""
+
+    def warm_victims(self, memory: TieredMemory, n: int) -> np.ndarray:
+        """Up to n warm/buffer keys to evict, most expendable first."""
+
+
+class NewestFirstLRU:
+    """New items go hot; least-recently-accessed hot items are demoted; warm evicts least-accessed,
+    then least-recently-accessed, then oldest."""
+
+    def admit_hot(self, memory: TieredMemory, keys: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        return np.ones(len(keys), dtype=bool)
+
+    def hot_victims(self, memory: TieredMemory, n: int) -> np.ndarray:
+        keys = memory.keys_in(HOT)
+        order = np.lexsort((keys, memory.last_access[keys]))  # oldest access first, then oldest row
+        return keys[order[:n]]
+
+    def warm_victims(self, memory: TieredMemory, n: int) -> np.ndarray:
+        keys = np.concatenate([memory.keys_in(WARM), memory.keys_in(BUFFER)])
+        order = np.lexsort((keys, memory.last_access[keys], memory.hits[keys]))
+        return keys[order[:n]]

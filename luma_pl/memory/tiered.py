@@ -1,0 +1,400 @@
+"""TieredMemory: hot exact tier + warm PQ tier (+ exact buffer) + on-disk originals, under budgets.
+
+Every admitted item gets a *key*: its row in the originals store (append-only, so keys are never
+reused; an upsert gets a new key and the old one is marked REPLACED). The faiss indexes store keys,
+so mapping a hit to its external id, zeta and access counters is an array lookup, not a dict walk.
+Per-key arrays (``ids``, ``locations``, ``hits``, ``last_access``, ``zeta``) are the single source of
+truth for where an item is; ``audit()`` checks them against the indexes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+
+from luma_pl.memory.config import MemoryConfig
+from luma_pl.memory.hot import HotTier
+from luma_pl.memory.originals import OriginalsStore
+from luma_pl.memory.policy import BUFFER, EVICTED, HOT, REPLACED, TIER_NAMES, WARM, AdmissionPolicy, NewestFirstLRU
+from luma_pl.memory.warm import WarmTier
+
+_NORM_TOL = 1e-3
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """Per query q and rank r: ``ids[q, r]`` (-1 = no item), ``scores`` (-inf when none), ``tiers``
+    (HOT=0, WARM=1, BUFFER=2, -1 none), ``zeta`` (0 for exact or rescored scores), and ``zeta_max``
+    of the warm tier's PQ codes (0 when nothing is PQ-coded)."""
+
+    ids: np.ndarray  # (Q, k) int64
+    scores: np.ndarray  # (Q, k) float32
+    tiers: np.ndarray  # (Q, k) int8
+    zeta: np.ndarray  # (Q, k) float32
+    zeta_max: float
+
+
+class TieredMemory:
+    def __init__(self, config: MemoryConfig, directory: str | None = None,
+                 policy: AdmissionPolicy | None = None):
+        config.validate()
+        self.cfg = config
+        self.policy = policy or NewestFirstLRU()
+        self._owns_dir = directory is None
+        self.directory = directory or tempfile.mkdtemp(prefix="luma_memory_")
+        self.originals = OriginalsStore(self.directory, config.dim)
+        if self.originals.rows:
+            raise ValueError(f"directory {self.directory!r} already holds originals; use persistence.load() to open a saved memory")
+        self.hot = HotTier(config.dim, config.hot_backend, config.hnsw_m, config.ef_construction,
+                           config.ef_search, config.tombstone_fraction)
+        self.warm = WarmTier(config)
+        cap = 1024
+        self.ids = np.zeros(cap, dtype=np.int64)  # (keys,) external id of each key
+        self.locations = np.full(cap, REPLACED, dtype=np.int8)  # (keys,) location code
+        self.hits = np.zeros(cap, dtype=np.int64)  # (keys,) appearances in returned top-k
+        self.last_access = np.zeros(cap, dtype=np.int64)  # (keys,) tick of insert or last hit
+        self.zeta = np.zeros(cap, dtype=np.float32)  # (keys,) PQ error; 0 while exact
+        self.key_of: dict[int, int] = {}  # external id -> current key
+        self.counters = {"inserted": 0, "evictions": 0, "promotions": 0, "demotions": 0,
+                         "replaced": 0, "retrains": 0, "tick": 0}
+        self._zeta_max: float | None = 0.0
+
+    # ------------------------------------------------------------------ validation helpers
+    @property
+    def num_keys(self) -> int:
+        return self.originals.rows
+
+    def _check_ids(self, ids, name: str = "ids") -> np.ndarray:
+        arr = np.asarray(ids)
+        if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+            raise ValueError(f"{name} must be a 1-D integer array, got dtype={arr.dtype} shape={arr.shape}")
+        arr = arr.astype(np.int64)
+        if arr.size and arr.min() < 0:
+            raise ValueError(f"{name} must be >= 0 (-1 marks an empty result slot); got {int(arr.min())}")
+        uniq, counts = np.unique(arr, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"{name} repeats id(s) {uniq[counts > 1][:5].tolist()} within one call; pass each id once")
+        return arr
+
+    def _check_vectors(self, vectors, n: int | None, name: str = "vectors", unit: bool = True) -> np.ndarray:
+        x = np.asarray(vectors)
+        if x.ndim != 2 or x.shape[1] != self.cfg.dim or (n is not None and x.shape[0] != n):
+            want = f"({n if n is not None else 'n'}, {self.cfg.dim})"
+            raise ValueError(f"{name} must have shape {want}, got {x.shape}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise ValueError(f"{name} row {int(np.flatnonzero(bad)[0])} has NaN or inf values")
+        if unit and len(x):
+            norms = np.linalg.norm(x, axis=1)
+            off = np.abs(norms - 1) > _NORM_TOL
+            if off.any():
+                r = int(np.flatnonzero(off)[0])
+                raise ValueError(f"{name} row {r} has L2 norm {norms[r]:.4f}; rows must be L2-normalised (x / ||x||)")
+        return x
+
+    def _keys_of(self, ids, allowed: tuple[int, ...], action: str) -> np.ndarray:
+        ids = self._check_ids(ids)
+        keys = np.empty(len(ids), dtype=np.int64)
+        for j, i in enumerate(ids.tolist()):
+            key = self.key_of.get(i)
+            if key is None:
+                raise ValueError(f"cannot {action} id {i}: it was never inserted")
+            if self.locations[key] not in allowed:
+                raise ValueError(f"cannot {action} id {i}: it is {TIER_NAMES[int(self.locations[key])]}, "
+                                 f"expected {[TIER_NAMES[a] for a in allowed]}")
+            keys[j] = key
+        return keys
+
+    # ------------------------------------------------------------------ per-key arrays
+    def _grow(self, need: int) -> None:
+        cap = len(self.ids)
+        if need <= cap:
+            return
+        new = max(need, 2 * cap)
+        for name, fill in (("ids", 0), ("locations", REPLACED), ("hits", 0), ("last_access", 0), ("zeta", 0)):
+            old = getattr(self, name)
+            arr = np.full(new, fill, dtype=old.dtype)
+            arr[:cap] = old
+            setattr(self, name, arr)
+
+    def keys_in(self, location: int) -> np.ndarray:
+        """Keys currently at ``location`` (ascending = oldest first)."""
+        return np.flatnonzero(self.locations[: self.num_keys] == location)
+
+    def location(self, item_id: int) -> str:
+        """'hot', 'warm', 'buffer' or 'evicted'; ValueError for an id never inserted."""
+        key = self.key_of.get(int(item_id))
+        if key is None:
+            raise ValueError(f"id {item_id} was never inserted")
+        return TIER_NAMES[int(self.locations[key])]
+
+    def __len__(self) -> int:
+        """Live items (hot + warm + buffer)."""
+        return len(self.hot) + len(self.warm)
+
+    # ------------------------------------------------------------------ insertion
+    def insert(self, ids, vectors, tier: str | None = None, upsert: bool = False) -> None:
+        """Admit (n,) ids with (n, d) unit vectors. ``tier`` None lets the policy choose; 'hot' or
+        'warm' forces it. An id already known (live or evicted) is an error unless ``upsert``."""
+        ids = self._check_ids(ids)
+        x = self._check_vectors(vectors, len(ids))
+        if tier not in (None, "hot", "warm"):
+            raise ValueError(f"tier={tier!r} is invalid; use None (policy decides), 'hot' or 'warm'")
+        known = [i for i in ids.tolist() if i in self.key_of]
+        if known and not upsert:
+            raise ValueError(f"ids {known[:5]} are already in the memory; pass upsert=True to replace them")
+        if known:
+            old = np.array([self.key_of[i] for i in known], dtype=np.int64)
+            self._remove_keys(old[self.locations[old] != EVICTED])
+            self.locations[old] = REPLACED
+            self.counters["replaced"] += len(old)
+        keys = self.originals.append(x)
+        self._grow(self.num_keys)
+        self.counters["tick"] += 1
+        self.ids[keys] = ids
+        self.hits[keys] = 0
+        self.last_access[keys] = self.counters["tick"]
+        self.key_of.update(zip(ids.tolist(), keys.tolist()))
+        self.counters["inserted"] += len(ids)
+        if tier is None:
+            to_hot = np.asarray(self.policy.admit_hot(self, keys, x), dtype=bool)
+        else:
+            to_hot = np.full(len(ids), tier == "hot")
+        hot_keys = keys[to_hot]
+        fit = self._hot_capacity()
+        if tier == "hot" and len(hot_keys) > fit:
+            raise ValueError(f"tier='hot' with {len(hot_keys)} items but the hot budget holds {fit}; insert fewer")
+        spill = hot_keys[: max(0, len(hot_keys) - fit)]  # newest-first: the batch's earliest spill
+        self._to_warm(np.concatenate([keys[~to_hot], spill]), x[np.concatenate([np.flatnonzero(~to_hot), np.flatnonzero(to_hot)[: len(spill)]])])
+        keep = np.flatnonzero(to_hot)[len(spill):]
+        self._to_hot(keys[keep], x[keep])
+        self._after_warm_change()
+
+    def _hot_capacity(self) -> int:
+        """Most items an empty hot tier holds under both budgets."""
+        by_bytes = int(self.cfg.hot_max_bytes // self.hot.bytes_per_new_row())
+        return max(0, min(self.cfg.hot_max_items, by_bytes))
+
+    def _to_hot(self, keys: np.ndarray, x: np.ndarray) -> None:
+        """Place keys in hot, demoting LRU hot items first so both budgets hold afterwards."""
+        if len(keys) == 0:
+            return
+        excess = len(self.hot) + len(keys) - self.cfg.hot_max_items
+        if excess > 0:
+            self._demote_keys(self.policy.hot_victims(self, excess))
+        per_row = self.hot.bytes_per_new_row()
+        if self.hot.nbytes() + len(keys) * per_row > self.cfg.hot_max_bytes:
+            self.hot.compact()  # tombstones hold bytes; free them before demoting anyone else
+        over = self.hot.nbytes() + len(keys) * per_row - self.cfg.hot_max_bytes
+        if over > 0:
+            self._demote_keys(self.policy.hot_victims(self, math.ceil(over / per_row)))
+            self.hot.compact()
+        self.hot.add(keys, x)
+        self.locations[keys] = HOT
+        self.zeta[keys] = 0.0
+        # the graph's link count is random (levels); fix a rare overshoot by demoting the LRU item
+        while self.hot.nbytes() > self.cfg.hot_max_bytes and len(self.hot):
+            self._demote_keys(self.policy.hot_victims(self, 1))
+            self.hot.compact()
+
+    def _to_warm(self, keys: np.ndarray, x: np.ndarray) -> None:
+        if len(keys) == 0:
+            return
+        zeta = self.warm.add(keys, x)
+        self.locations[keys] = WARM if self.warm.trained else BUFFER
+        self.zeta[keys] = zeta
+        if len(zeta) and self._zeta_max is not None:
+            self._zeta_max = max(self._zeta_max, float(zeta.max()))
+
+    def _demote_keys(self, keys: np.ndarray) -> None:
+        if len(keys) == 0:
+            return
+        x = self.hot.vectors(keys)
+        self.hot.remove(keys)
+        self._to_warm(keys, x)
+        self.counters["demotions"] += len(keys)
+
+    def _remove_keys(self, keys: np.ndarray) -> None:
+        """Take live keys out of their tier (the caller sets the new location)."""
+        loc = self.locations[keys]
+        if (loc == HOT).any():
+            self.hot.remove(keys[loc == HOT])
+        warm = (loc == WARM) | (loc == BUFFER)
+        if warm.any():
+            self.warm.remove(keys[warm], loc[warm] == BUFFER)
+            self._zeta_max = None
+
+    def _evict_keys(self, keys: np.ndarray) -> None:
+        self._remove_keys(keys)
+        self.locations[keys] = EVICTED
+        self.counters["evictions"] += len(keys)
+
+    def _after_warm_change(self) -> None:
+        """Train once the buffer is big enough, retrain on zeta drift, then enforce warm budgets."""
+        if self.warm.ready_to_train():
+            keys = self.warm.buf_ids.copy()
+            self._set_warm_zeta(keys, self.warm.train(keys, self.warm.buf_vecs))
+        elif self.warm.needs_retrain():
+            self.retrain()
+        excess = len(self.warm) - self.cfg.warm_max_items
+        if excess > 0:
+            self._evict_keys(self.policy.warm_victims(self, excess))
+        while self.warm.nbytes() > self.cfg.warm_max_bytes and len(self.warm):
+            per = self.warm.bytes_per_code() if self.warm.trained else self.warm.bytes_per_buffered()
+            n = math.ceil((self.warm.nbytes() - self.cfg.warm_max_bytes) / per)
+            self._evict_keys(self.policy.warm_victims(self, n))
+
+    def _set_warm_zeta(self, keys: np.ndarray, zeta: np.ndarray) -> None:
+        self.locations[keys] = WARM
+        self.zeta[keys] = zeta
+        self._zeta_max = None
+
+    def retrain(self) -> None:
+        """Retrain the warm IVFPQ on the exact originals of every warm item and re-encode them."""
+        keys = np.concatenate([self.keys_in(WARM), self.keys_in(BUFFER)])
+        if len(keys) < self.warm.train_size:
+            return
+        self._set_warm_zeta(keys, self.warm.train(keys, self.originals.get(keys)))
+        self.counters["retrains"] += 1
+
+    # ------------------------------------------------------------------ migration
+    def promote(self, ids) -> None:
+        """Move warm/buffer ids to hot with their exact originals (LRU hot items are demoted)."""
+        keys = self._keys_of(ids, (WARM, BUFFER), "promote")
+        if len(keys) > self._hot_capacity():
+            raise ValueError(f"cannot promote {len(keys)} ids: the hot budget holds {self._hot_capacity()}")
+        self._remove_keys(keys)
+        self.locations[keys] = REPLACED  # in transit: neither tier nor victim candidate
+        self._to_hot(keys, self.originals.get(keys))
+        self.counters["promotions"] += len(keys)
+        self._after_warm_change()
+
+    def demote(self, ids) -> None:
+        """Move hot ids to the warm tier (PQ-encoded once it is trained)."""
+        self._demote_keys(self._keys_of(ids, (HOT,), "demote"))
+        self._after_warm_change()
+
+    def evict(self, ids) -> None:
+        """Drop live ids from the memory; they stay known (location 'evicted') and are counted."""
+        self._evict_keys(self._keys_of(ids, (HOT, WARM, BUFFER), "evict"))
+
+    def migrate(self) -> int:
+        """Promote warm items with >= promote_min_hits hits (most hit first), up to half the hot
+        capacity per call so a burst cannot flush the whole hot tier; return how many moved."""
+        keys = np.concatenate([self.keys_in(WARM), self.keys_in(BUFFER)])
+        keys = keys[self.hits[keys] >= self.cfg.promote_min_hits]
+        keys = keys[np.argsort(-self.hits[keys], kind="stable")][: max(1, self._hot_capacity() // 2)]
+        if len(keys):
+            self.promote(self.ids[keys])
+        return len(keys)
+
+    # ------------------------------------------------------------------ search
+    @property
+    def zeta_max(self) -> float:
+        if self._zeta_max is None:
+            warm = self.keys_in(WARM)
+            self._zeta_max = float(self.zeta[warm].max()) if len(warm) else 0.0
+        return self._zeta_max
+
+    def search(self, queries, k: int, oversample: int | None = None, rescore: bool = True,
+               record_hits: bool = True) -> SearchResult:
+        """Top-k over all tiers for (Q, d) queries. With ``rescore``, the warm IVF returns
+        oversample*k PQ candidates, re-scored exactly from the originals (zeta 0)."""
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k={k!r} is invalid; ask for k >= 1 results")
+        q = self._check_vectors(queries, None, name="queries", unit=False)
+        os_ = self.cfg.oversample if oversample is None else int(oversample)
+        if os_ < 1:
+            raise ValueError(f"oversample={oversample} is invalid; use >= 1")
+        kw = k * os_ if rescore else k
+        hs, hk = self.hot.search(q, k)
+        ws, wk = self.warm.search_ivf(q, kw)
+        wz = np.zeros(ws.shape, dtype=np.float32)
+        valid = wk >= 0
+        if rescore and valid.any():
+            flat = np.where(valid, wk, 0)
+            exact = np.einsum("qd,qkd->qk", q, self.originals.get(flat.ravel()).reshape(*flat.shape, -1))
+            ws = np.where(valid, exact, -np.inf).astype(np.float32)
+        elif valid.any():
+            wz = np.where(valid, self.zeta[np.where(valid, wk, 0)], 0).astype(np.float32)
+        bs, bk = self.warm.search_buffer(q, k)
+        scores = np.concatenate([hs, ws, bs], axis=1)
+        keys = np.concatenate([hk, wk, bk], axis=1)
+        tiers = np.concatenate([np.full(hk.shape, HOT, np.int8), np.full(wk.shape, WARM, np.int8),
+                                np.full(bk.shape, BUFFER, np.int8)], axis=1)
+        zeta = np.concatenate([np.zeros(hk.shape, np.float32), wz, np.zeros(bk.shape, np.float32)], axis=1)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        scores = np.take_along_axis(scores, top, 1)
+        keys = np.take_along_axis(keys, top, 1)
+        found = keys >= 0
+        tiers = np.where(found, np.take_along_axis(tiers, top, 1), -1).astype(np.int8)
+        zeta = np.where(found, np.take_along_axis(zeta, top, 1), 0).astype(np.float32)
+        ids = np.where(found, self.ids[np.where(found, keys, 0)], -1)
+        if record_hits and found.any():
+            self.counters["tick"] += 1
+            hit = keys[found]
+            np.add.at(self.hits, hit, 1)
+            self.last_access[hit] = self.counters["tick"]
+        return SearchResult(ids, scores.astype(np.float32), tiers, zeta, self.zeta_max)
+
+    # ------------------------------------------------------------------ accounting
+    def bytes_by_tier(self) -> dict[str, int]:
+        """'hot' and 'warm' are what the budgets govern; 'bookkeeping' is the per-key arrays and
+        Python id maps (sys.getsizeof of the dicts plus their int objects); 'originals_disk' is on disk."""
+        n = self.num_keys
+        per_key = n * (8 + 1 + 8 + 8 + 4)
+        dicts = 0
+        for d in (self.key_of, self.hot.row_of, self.warm._buf_pos):
+            dicts += sys.getsizeof(d) + 2 * 28 * len(d)
+        return {"hot": self.hot.nbytes(), "warm": self.warm.nbytes(), "bookkeeping": per_key + dicts,
+                "originals_disk": n * self.cfg.dim * 4}
+
+    def stats(self) -> dict[str, int | float]:
+        return {**self.counters, "hot": len(self.hot), "warm": self.warm.ivf_count,
+                "buffer": len(self.warm.buf_ids), "evicted": len(self.keys_in(EVICTED)),
+                "hot_tombstones": self.hot.tombstones, "hot_rebuilds": self.hot.rebuilds,
+                "warm_trainings": self.warm.trainings, "zeta_max": self.zeta_max}
+
+    def audit(self) -> dict[str, int]:
+        """Check the invariants; raise AssertionError naming the first broken one."""
+        n = self.num_keys
+        loc = self.locations[:n]
+        def check(cond, what):
+            if not cond:
+                raise AssertionError(f"memory audit failed: {what}")
+        check(set(self.hot.row_of) == set(self.keys_in(HOT).tolist()), "hot index keys != keys located hot")
+        check(int(self.hot.live.sum()) == len(self.hot) and self.hot.index.ntotal == self.hot.rows,
+              "hot liveness / index rows disagree")
+        check(set(self.warm.buf_ids.tolist()) == set(self.keys_in(BUFFER).tolist()), "buffer keys != keys located buffer")
+        ivf = self._ivf_keys()
+        check(len(ivf) == self.warm.ivf_count and set(ivf.tolist()) == set(self.keys_in(WARM).tolist()),
+              "warm IVF keys != keys located warm")
+        live_ids = {int(self.ids[k]) for k in np.flatnonzero(loc < REPLACED)}
+        check(live_ids == set(self.key_of) and all(self.ids[k] == i for i, k in self.key_of.items()),
+              "id map disagrees with per-key arrays")
+        check(len(self.hot) <= self.cfg.hot_max_items and self.hot.nbytes() <= self.cfg.hot_max_bytes, "hot budget exceeded")
+        check(len(self.warm) <= self.cfg.warm_max_items and self.warm.nbytes() <= self.cfg.warm_max_bytes, "warm budget exceeded")
+        counts = {TIER_NAMES[c]: int((loc == c).sum()) for c in TIER_NAMES}
+        check(sum(counts.values()) == len(self.key_of), "some id is in no place or in two")
+        return counts
+
+    def _ivf_keys(self) -> np.ndarray:
+        import faiss
+
+        if self.warm.index is None:
+            return np.empty(0, dtype=np.int64)
+        inv = self.warm.index.invlists
+        parts = [faiss.rev_swig_ptr(inv.get_ids(i), inv.list_size(i)).copy()
+                 for i in range(inv.nlist) if inv.list_size(i)]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+    def close(self) -> None:
+        self.originals.close()
+        if self._owns_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
