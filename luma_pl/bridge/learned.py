@@ -1,0 +1,228 @@
+"""Learned bridges: linear, orthogonal-parametrised linear and a residual MLP (DESIGN.md section 3).
+
+All map source vectors ``s`` (N, d_s) to canonical space (N, d_c) and share the Procrustes
+bridge's interface: ``fit_step(s, c)``, ``forward(s)`` (unit rows), ``state_dict``, ``drift()``.
+Training loss: symmetric InfoNCE with a learnable temperature (CLIP: logit scale stored as a
+log, clamped to [0, ln 100]) plus an optional MSE term; under DDP negatives come from all ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as tf
+from torch import nn
+
+from luma_pl.bridge.distributed import gather_rows, world_size
+from luma_pl.bridge.drift import DriftReport
+from luma_pl.configuration import StrictConfig, require
+
+KINDS = ("linear", "orthogonal", "mlp")
+_ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+# activations with |sigma(x)| <= |x| and Lipschitz constant 1: the MLP drift bound needs both
+_CERTIFIED_ACTS = ("relu", "tanh")
+
+
+@dataclasses.dataclass
+class LearnedBridgeConfig(StrictConfig):
+    kind: str = "linear"
+    """Bridge family: 'linear', 'orthogonal' (orthogonal parametrisation) or 'mlp' (residual MLP)."""
+    d_s: int = 256
+    """Source-space dimension."""
+    d_c: int = 384
+    """Canonical-space dimension."""
+    hidden: int = 512
+    """Hidden width of the MLP's residual branch (mlp only)."""
+    activation: str = "relu"
+    """MLP activation: 'relu' or 'tanh' (drift certified) or 'gelu' (no certificate)."""
+    init_temperature: float = 0.07
+    """Initial softmax temperature (CLIP: 0.07, i.e. logit scale 1/0.07)."""
+    max_logit_scale: float = 100.0
+    """Upper clamp of the logit scale exp(log_scale) (CLIP: 100)."""
+    learn_temperature: bool = True
+    """Train the temperature; False keeps it at init_temperature."""
+    mse_weight: float = 0.0
+    """Weight of the MSE term between bridged and canonical unit vectors (0 = InfoNCE only)."""
+    gather_negatives: bool = True
+    """Under DDP, use every rank's pairs as negatives (gathered with gradient)."""
+    lr: float = 1e-3
+    """Adam learning rate used by the standalone ``fit_step`` (LightningModules bring their own)."""
+
+    def validate(self) -> None:
+        n = "LearnedBridgeConfig"
+        require(self.kind in KINDS, n, "kind", self.kind, f"use one of {KINDS}")
+        require(self.d_s >= 1 and self.d_c >= 1, n, "d_s/d_c", (self.d_s, self.d_c), "use positive dimensions")
+        require(self.hidden >= 1, n, "hidden", self.hidden, "use a positive hidden width")
+        require(self.activation in _ACTS, n, "activation", self.activation, f"use one of {sorted(_ACTS)}")
+        require(0 < self.init_temperature, n, "init_temperature", self.init_temperature, "use a positive temperature, e.g. 0.07")
+        require(self.max_logit_scale >= 1.0 / self.init_temperature, n, "max_logit_scale", self.max_logit_scale,
+                f"must be >= 1/init_temperature = {1.0 / self.init_temperature:.3g}")
+        require(self.mse_weight >= 0, n, "mse_weight", self.mse_weight, "use >= 0")
+        require(self.lr > 0, n, "lr", self.lr, "use a positive learning rate")
+
+
+class ResidualMLP(nn.Module):
+    """``f(a) = P a + W2 sigma(W1 a + b1) + b2``; W2 starts at zero so f starts linear."""
+
+    def __init__(self, d_s: int, d_c: int, hidden: int, activation: str) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_s, d_c, bias=False)  # the residual path (d_c, d_s)
+        self.fc1 = nn.Linear(d_s, hidden)
+        self.act = _ACTS[activation]()
+        self.fc2 = nn.Linear(hidden, d_c)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return self.proj(a) + self.fc2(self.act(self.fc1(a)))
+
+
+def _spec(x: torch.Tensor) -> float:
+    """Spectral norm of a matrix, Euclidean norm of a vector (float64)."""
+    x = x.detach().double()
+    return float(torch.linalg.matrix_norm(x, ord=2) if x.ndim == 2 else torch.linalg.vector_norm(x))
+
+
+def mlp_drift_bound(t: dict[str, torch.Tensor], r: dict[str, torch.Tensor]) -> float:
+    """Certified bound on ``sup_{||a|| <= 1} ||f_t(a) - f_r(a)||`` for two ``ResidualMLP`` weight sets.
+
+    Proof. Let h = W1 a + b1, D = f_t(a) - f_r(a). Then
+      D = (P_t - P_r) a + (W2_t - W2_r) sigma(h_t) + W2_r (sigma(h_t) - sigma(h_r)) + (b2_t - b2_r)
+    (add and subtract W2_r sigma(h_t)). For sigma in {relu, tanh}: |sigma(x)| <= |x| and sigma is
+    1-Lipschitz, elementwise, so ||sigma(h_t)|| <= ||h_t|| <= ||W1_t||_2 + ||b1_t|| and
+    ||sigma(h_t) - sigma(h_r)|| <= ||h_t - h_r|| <= ||W1_t - W1_r||_2 + ||b1_t - b1_r|| for ||a|| <= 1.
+    By the triangle inequality and ||X y|| <= ||X||_2 ||y||:
+      ||D|| <= ||dP|| + ||dW2|| (||W1_t|| + ||b1_t||) + ||W2_r|| (||dW1|| + ||db1||) + ||db2||.
+    Every term is an exact spectral/Euclidean norm, so the bound holds for every unit a.
+    It is 0 when the weights agree and is tight to first order for the residual path alone.
+    """
+    d = {k: t[k].double() - r[k].double() for k in t}
+    return (_spec(d["proj.weight"])
+            + _spec(d["fc2.weight"]) * (_spec(t["fc1.weight"]) + _spec(t["fc1.bias"]))
+            + _spec(r["fc2.weight"]) * (_spec(d["fc1.weight"]) + _spec(d["fc1.bias"]))
+            + _spec(d["fc2.bias"]))
+
+
+class LearnedBridge(nn.Module):
+    """A trained bridge ``s (N, d_s) -> q (N, d_c)`` with InfoNCE(+MSE) loss and drift vs a reference."""
+
+    def __init__(self, config: LearnedBridgeConfig | None = None, **kwargs) -> None:
+        super().__init__()
+        if config is None:
+            config = LearnedBridgeConfig.from_dict(kwargs)
+        elif kwargs:
+            raise ValueError(f"pass either config or keyword fields, not both (got extra {sorted(kwargs)})")
+        config.validate()
+        self.config = cfg = config
+        if cfg.kind == "mlp":
+            self.net: nn.Module = ResidualMLP(cfg.d_s, cfg.d_c, cfg.hidden, cfg.activation)
+        else:
+            self.net = nn.Linear(cfg.d_s, cfg.d_c, bias=False)
+            if cfg.kind == "orthogonal":
+                # weight (d_c, d_s) stays semi-orthogonal: orthonormal rows or columns
+                self.net = nn.utils.parametrizations.orthogonal(self.net)
+        log_scale = torch.tensor(math.log(1.0 / cfg.init_temperature))
+        self.log_scale = nn.Parameter(log_scale, requires_grad=cfg.learn_temperature)
+        for name, t in self._weights().items():  # reference snapshot, saved with the bridge
+            self.register_buffer("ref_" + name.replace(".", "_"), t.detach().clone())
+        self.register_buffer("has_ref", torch.zeros((), dtype=torch.int64))
+        self._optimizer: torch.optim.Optimizer | None = None
+
+    # --- map ------------------------------------------------------------------------------------
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """The map's effective weights (the orthogonal parametrisation materialised)."""
+        if isinstance(self.net, ResidualMLP):
+            return {k: v for k, v in self.net.state_dict().items()}
+        return {"weight": self.net.weight}
+
+    def raw(self, s: torch.Tensor) -> torch.Tensor:
+        """Un-normalised map ``f(s)``: (N, d_s) -> (N, d_c)."""
+        if s.ndim != 2 or s.shape[1] != self.config.d_s:
+            raise ValueError(f"s has shape {tuple(s.shape)} but the bridge expects (N, {self.config.d_s}); pass source-space vectors")
+        return self.net(s.to(self.log_scale.dtype))
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        """Bridged unit rows (N, d_c)."""
+        return tf.normalize(self.raw(s), dim=-1)
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.log_scale.clamp(0.0, math.log(self.config.max_logit_scale)).exp()
+
+    # --- loss ---------------------------------------------------------------------------------
+    def loss(self, s: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Symmetric InfoNCE (+ MSE) on pairs ``s`` (n, d_s), ``c`` (n, d_c); n may be 0. A collective under DDP.
+
+        Scaled so that DDP's gradient average gives the gradient of the loss on the global batch:
+        rank r returns ``world * (its rows' summed loss) / N_global``; the mean over ranks of the
+        returned values is the global-batch loss.
+        """
+        if c.shape[0] != s.shape[0]:
+            raise ValueError(f"s has {s.shape[0]} rows but c has {c.shape[0]}; pass aligned anchor pairs")
+        q = self(s)  # (n, d_c)
+        k = tf.normalize(c.to(q.dtype), dim=-1)  # (n, d_c)
+        gather = self.config.gather_negatives and world_size() > 1
+        world = world_size() if gather else 1
+        if gather:
+            Q, off, sizes = gather_rows(q, with_grad=True)  # (N, d_c)
+            K, _, _ = gather_rows(k, with_grad=True)
+            n_global = sum(sizes)
+        else:
+            Q, K, off, n_global = q, k, 0, q.shape[0]
+        if n_global == 0:  # every rank empty: a zero loss still wired to every parameter
+            zero = sum((p.sum() for p in self.parameters() if p.requires_grad), q.new_zeros(())) * 0.0
+            return zero, {"infonce": zero.detach(), "mse": zero.detach(), "logit_scale": self.logit_scale().detach()}
+        scale = self.logit_scale()
+        target = torch.arange(q.shape[0], device=q.device) + off  # local row i pairs with global column off+i
+        ce = tf.cross_entropy(scale * q @ K.T, target, reduction="sum") + tf.cross_entropy(
+            scale * k @ Q.T, target, reduction="sum"
+        )  # rows: this rank's queries vs all items, and this rank's items vs all queries
+        infonce = world * ce / (2 * n_global)
+        mse = world * ((q - k) ** 2).sum() / n_global
+        total = infonce + self.config.mse_weight * mse if self.config.mse_weight > 0 else infonce
+        return total, {"infonce": infonce.detach(), "mse": mse.detach(), "logit_scale": scale.detach()}
+
+    def fit_step(self, s: torch.Tensor, c: torch.Tensor) -> float:
+        """One Adam step on the pairs (standalone use; LightningModules call ``loss``). Returns the loss."""
+        if self._optimizer is None:
+            self._optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.config.lr)
+        self._optimizer.zero_grad(set_to_none=True)
+        loss, _ = self.loss(s, c)
+        loss.backward()
+        self._optimizer.step()
+        return float(loss.detach())
+
+    # --- drift ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def set_reference(self) -> None:
+        """Snapshot the current map as the reference (the bridge that produced stored vectors)."""
+        for name, t in self._weights().items():
+            getattr(self, "ref_" + name.replace(".", "_")).copy_(t)
+        self.has_ref.fill_(1)
+
+    @torch.no_grad()
+    def drift(self, against: str = "reference") -> DriftReport:
+        """Bound on ``sup_{||a|| <= 1} ||f_t(a) - f_ref(a)||``; inf before ``set_reference``."""
+        if against != "reference":
+            raise ValueError(f"against={against!r}: learned bridges compare with their reference snapshot only")
+        cur = self._weights()
+        ref = {k: getattr(self, "ref_" + k.replace(".", "_")) for k in cur}
+        if self.config.kind != "mlp":
+            value = _spec(cur["weight"] - ref["weight"]) if bool(self.has_ref) else float("inf")
+            return DriftReport(value, against, "spectral_norm", certificate_applies=True)
+        if self.config.activation not in _CERTIFIED_ACTS:
+            return DriftReport(None, against, "none", certificate_applies=False)
+        value = mlp_drift_bound(cur, ref) if bool(self.has_ref) else float("inf")
+        return DriftReport(value, against, "lipschitz_bound", certificate_applies=True)
+
+    def get_extra_state(self) -> dict:
+        return {"config": self.config.to_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        cfg = LearnedBridgeConfig.from_dict(state["config"])
+        mine = (self.config.kind, self.config.d_s, self.config.d_c, self.config.hidden)
+        theirs = (cfg.kind, cfg.d_s, cfg.d_c, cfg.hidden)
+        if mine != theirs:
+            raise ValueError(f"checkpoint bridge (kind, d_s, d_c, hidden)={theirs} but this bridge has {mine}; build it with the checkpoint's config")
+        self.config = cfg
