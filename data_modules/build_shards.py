@@ -1,0 +1,156 @@
+"""Build shards: ``python -m data_modules.build_shards {demo,folder} --help``.
+
+``demo``: the docstring demo corpus (``luma_pl.corpus``) as block shards of precomputed
+``minilm``/``wordllama`` embeddings (plus ``query_*`` and texts).
+``folder``: a folder of media (images, audio, ``.txt`` captions) with an optional sidecar
+(``captions.jsonl``: ``{"file": "a/b.jpg", "caption": "...", "ts": 17}`` per line, or ``captions.csv``
+with columns ``file,caption[,ts]``), embedded by the chosen frozen encoders into per-event samples.
+Topic = first sub-folder; ts = sidecar value, else the rank in sorted path order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from luma_pl.threads import limit_cpu_threads
+
+from .shard_format import AUDIO_EXTS, IMAGE_EXTS
+from .shard_writer import ShardSetWriter, write_blocks
+
+SIDECARS = ("captions.jsonl", "captions.csv")
+
+
+def build_demo(args: argparse.Namespace) -> dict:
+    from luma_pl.corpus import DemoCorpusConfig, DocstringCorpusConfig, build_demo_corpus, event_arrays
+
+    cfg = DemoCorpusConfig(corpus=DocstringCorpusConfig(packages=tuple(args.packages), max_items=args.max_items),
+                           cache_dir=args.cache_dir, device=args.device)
+    corpus = build_demo_corpus(cfg)
+    ev = event_arrays(corpus)
+    t0 = time.perf_counter()
+    manifest = write_blocks(args.out, keys=ev["keys"], ts=ev["ts"], emb=ev["emb"], topics=ev["topics"],
+                            texts=ev["texts"], name=args.name, block_events=args.block_events,
+                            events_per_shard=args.events_per_shard)
+    report = dict(corpus.report, shards=len(manifest.shards), write_s=round(time.perf_counter() - t0, 3),
+                  out=str(args.out))
+    (Path(args.out) / "corpus_report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def read_sidecar(src: Path) -> dict[str, dict]:
+    """``relative path -> {'caption': str, 'ts': int|None}`` from captions.jsonl / captions.csv."""
+    out: dict[str, dict] = {}
+    if (src / "captions.jsonl").exists():
+        for n, line in enumerate((src / "captions.jsonl").read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "file" not in row:
+                raise ValueError(f"{src / 'captions.jsonl'} line {n}: no 'file' field; write "
+                                 '{"file": "path/in/folder", "caption": "..."}')
+            out[row["file"]] = {"caption": row.get("caption"), "ts": row.get("ts")}
+    elif (src / "captions.csv").exists():
+        with open(src / "captions.csv", newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                out[row["file"]] = {"caption": row.get("caption"), "ts": int(row["ts"]) if row.get("ts") else None}
+    return out
+
+
+def build_folder(args: argparse.Namespace) -> dict:
+    from luma_pl.encoders import EncoderConfig, build_encoder
+
+    src = Path(args.src)
+    if not src.is_dir():
+        raise SystemExit(f"--src {src} is not a folder; pass the folder of media to shard")
+    side = read_sidecar(src)
+    exts = IMAGE_EXTS | AUDIO_EXTS | {"txt"}
+    files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix[1:].lower() in exts
+                   and p.name not in SIDECARS)
+    # a .txt beside a media file with the same stem is that file's caption, not an event
+    media_stems = {p.with_suffix("") for p in files if p.suffix[1:].lower() != "txt"}
+    files = [p for p in files if not (p.suffix == ".txt" and p.with_suffix("") in media_stems)]
+    encoders = [build_encoder(EncoderConfig.from_dict(json.loads(e)) if e.startswith("{")
+                              else EncoderConfig(kind=e, device=args.device)) for e in args.encoders]
+    t0 = time.perf_counter()
+    with ShardSetWriter(args.out, args.name, args.events_per_shard) as writer:
+        for rank, path in enumerate(files):
+            rel = path.relative_to(src).as_posix()
+            ext = path.suffix[1:].lower()
+            meta = side.get(rel, {})
+            caption = meta.get("caption")
+            if caption is None and path.with_suffix(".txt").exists() and ext != "txt":
+                caption = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
+            if ext == "txt":
+                caption = path.read_text(encoding="utf-8").strip()
+            topic = rel.split("/")[0] if "/" in rel else ""
+            emb = {}
+            for enc in encoders:
+                vec = _embed(enc, path, ext, caption)
+                if vec is not None:
+                    emb[enc.space] = vec
+            media = {} if ext == "txt" else {("jpg" if ext == "jpeg" else ext): path.read_bytes()}
+            if caption:
+                media["txt"] = caption
+            ts = meta.get("ts")
+            writer.write_event(ts=int(ts) if ts is not None else rank, key=f"{rank:09d}", topic=topic,
+                               emb=emb, media=media)
+    manifest = writer.close()
+    return {"events": manifest.total_events, "shards": len(manifest.shards), "spaces": manifest.spaces,
+            "media": manifest.media, "seconds": round(time.perf_counter() - t0, 3), "out": str(args.out)}
+
+
+def _embed(enc, path: Path, ext: str, caption: str | None) -> np.ndarray | None:
+    """``(d,)`` float32 with the encoder's own modality for the file, else its text tower on the caption."""
+    if ext in IMAGE_EXTS and "image" in enc.modalities:
+        from luma_pl.media import load_image
+
+        return enc.encode_image([load_image(path)])[0].cpu().numpy()
+    if ext in AUDIO_EXTS and "audio" in enc.modalities:
+        from luma_pl.media import load_audio
+
+        wave, _ = load_audio(path, sample_rate=enc.sample_rate)
+        return enc.encode_audio([wave])[0].cpu().numpy()
+    if caption and "text" in enc.modalities:
+        return enc.encode_text([caption])[0].cpu().numpy()
+    return None
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m data_modules.build_shards", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("demo", "folder"):
+        s = sub.add_parser(name, help=f"build shards from the {name} source")
+        s.add_argument("--out", required=True, help="output folder for <name>-%%06d.tar + manifest.json")
+        s.add_argument("--name", default=name, help="shard base name (default: %(default)s)")
+        s.add_argument("--events-per-shard", type=int, default=8192, help="events per shard (default: %(default)s)")
+        s.add_argument("--device", default="cpu", help="encoder device: cpu, cuda, cuda:<i>")
+        if name == "demo":
+            s.add_argument("--packages", nargs="+", default=["numpy", "scipy"], help="packages to walk")
+            s.add_argument("--max-items", type=int, default=None, help="keep at most N items")
+            s.add_argument("--cache-dir", default=None, help="corpus cache root (default ~/.cache/luma_pl)")
+            s.add_argument("--block-events", type=int, default=1024, help="events per block sample")
+        else:
+            s.add_argument("--src", required=True, help="folder of images/audio/.txt (+ captions.jsonl|csv)")
+            s.add_argument("--encoders", nargs="+", default=["minilm", "wordllama"],
+                           help="encoder kinds, or EncoderConfig JSON objects for clip/clap")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    limit_cpu_threads()
+    report = build_demo(args) if args.command == "demo" else build_folder(args)
+    print(json.dumps(report, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Shard format, writer and safe reader on real tar files in tmp dirs."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_modules import (
+    ReaderConfig,
+    ReplayConfig,
+    ShardSetWriter,
+    StreamReplayDataset,
+    iter_chunks,
+    load_manifest,
+    scan_manifest,
+    write_blocks,
+)
+from data_modules.shard_format import list_shards
+from luma_pl.threads import limit_cpu_threads
+
+limit_cpu_threads()
+RAW = ReaderConfig(decode_media=False)
+
+
+def _read_all(folder: Path, cfg: ReaderConfig = RAW):
+    m = load_manifest(folder)
+    skips, chunks = [], []
+    for info in m.shards:
+        chunks += list(iter_chunks(str(folder / info.name), m.spaces, m.media, cfg, skips.append))
+    return m, chunks, skips
+
+
+def _write_events(folder: Path, n: int, per_shard: int, rng, name: str = "ev"):
+    vecs = rng.standard_normal((n, 6)).astype(np.float32)
+    with ShardSetWriter(folder, name, per_shard) as w:
+        for i in range(n):
+            emb = {"a": vecs[i]} if i % 3 else {"a": vecs[i], "b": vecs[i, :4]}
+            w.write_event(ts=100 + i, key=f"e{i:04d}", topic=f"t{i // 4}", emb=emb,
+                          media={"txt": f"caption {i} ü", "flac": bytes([i % 256]) * 7})
+    return vecs
+
+
+def test_event_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    vecs = _write_events(tmp_path, 23, 5, rng)
+    m, chunks, skips = _read_all(tmp_path)
+    assert skips == []
+    assert [s.events for s in m.shards] == [5, 5, 5, 5, 3]
+    assert m.spaces == {"a": 6, "b": 4} and m.media == ["flac", "txt"]
+    keys = [k for c in chunks for k in c.keys]
+    assert keys == [f"e{i:04d}" for i in range(23)]
+    ts = np.concatenate([c.ts for c in chunks])
+    np.testing.assert_array_equal(ts, np.arange(100, 123))
+    a = np.concatenate([c.emb["a"] for c in chunks])
+    np.testing.assert_array_equal(a, vecs)
+    has_b = np.concatenate([c.has["b"] for c in chunks])
+    np.testing.assert_array_equal(has_b, [i % 3 == 0 for i in range(23)])
+    b = np.concatenate([c.emb["b"] for c in chunks])
+    np.testing.assert_array_equal(b[::3], vecs[::3, :4])
+    assert not b[1].any()  # absent rows are zero
+    txt = [t for c in chunks for t in c.media["txt"]]
+    assert txt[5] == "caption 5 ü"
+    assert [t for c in chunks for t in c.topics][9] == "t2"
+    assert chunks[0].media["flac"][2] == bytes([2]) * 7
+    # the manifest scanned from tar headers equals the one the writer recorded
+    scanned = scan_manifest(list_shards(tmp_path), root=tmp_path)
+    assert scanned.to_json() == m.to_json()
+
+
+def test_block_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 2500
+    emb = {"x": rng.standard_normal((n, 16)).astype(np.float32), "y": rng.standard_normal((n, 3)).astype(np.float32)}
+    keys = [f"k{i}" for i in range(n)]
+    texts = {"txt": [f"item {i}" for i in range(n)], "query.txt": [f"q {i}" for i in range(n)]}
+    m = write_blocks(tmp_path, keys=keys, ts=np.arange(n) * 2, emb=emb, topics=[str(i // 700) for i in range(n)],
+                     texts=texts, name="blk", block_events=300, events_per_shard=1000)
+    assert m.total_events == n and m.spaces == {"x": 16, "y": 3} and m.media == ["query.txt", "txt"]
+    assert all(s.samples >= 1 for s in m.shards)
+    _, chunks, skips = _read_all(tmp_path)
+    assert skips == []
+    assert [k for c in chunks for k in c.keys] == keys
+    np.testing.assert_array_equal(np.concatenate([c.ts for c in chunks]), np.arange(n) * 2)
+    for s in emb:
+        np.testing.assert_array_equal(np.concatenate([c.emb[s] for c in chunks]), emb[s])
+        assert all(c.has[s].all() for c in chunks)
+    assert [t for c in chunks for t in c.media["query.txt"]] == texts["query.txt"]
+    assert scan_manifest(list_shards(tmp_path), root=tmp_path).to_json() == m.to_json()
+
+
+class _Marker:
+    """Unpickling this creates a file: proof that a reader unpickled it."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def _add(tar, name, data: bytes):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _npy(arr) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def test_pickle_entries_refused_never_unpickled(tmp_path):
+    marker = tmp_path / "PWNED"
+    payload = pickle.dumps(_Marker(marker))
+    # the payload is live: unpickling a twin creates its marker
+    twin = tmp_path / "twin"
+    pickle.loads(pickle.dumps(_Marker(twin)))
+    assert twin.exists()
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with tarfile.open(shards / "bad-000000.tar", "w") as tar:
+        _add(tar, "s0.ts", b"1")
+        _add(tar, "s0.a.npy", _npy(np.ones(4, np.float32)))
+        for i, ext in enumerate(("pyd", "pickle", "pkl", "pth")):
+            _add(tar, f"p{i}.ts", b"2")
+            _add(tar, f"p{i}.{ext}", payload)
+        _add(tar, "s1.ts", b"3")
+        _add(tar, "s1.a.npy", _npy(np.full(4, 2, np.float32)))
+    m, chunks, skips = _read_all(shards)
+    assert not marker.exists()
+    assert [k for c in chunks for k in c.keys] == ["s0", "s1"]
+    assert sorted(s.key for s in skips) == ["p0", "p1", "p2", "p3"]
+    assert all("refused pickle-based entry" in s.reason for s in skips)
+    # through the replay too: counted in batch["skipped"], still no marker
+    batches = list(StreamReplayDataset(ReplayConfig(root=str(shards), batch_size=8, reader=RAW)))
+    assert sum(b["skipped"] for b in batches) == 4 and not marker.exists()
+
+
+def test_unsafe_names_and_absurd_sizes_rejected(tmp_path):
+    with tarfile.open(tmp_path / "x-000000.tar", "w") as tar:
+        _add(tar, "ok.ts", b"1")
+        _add(tar, "../evil.ts", b"2")
+        _add(tar, "/abs.ts", b"3")
+        _add(tar, "big.ts", b"4")
+        _add(tar, "big.txt", b"y" * 5000)
+        _add(tar, "ok2.ts", b"5")
+    skips = []
+    chunks = list(iter_chunks(str(tmp_path / "x-000000.tar"), {}, ["txt"], ReaderConfig(max_member_bytes=1000,
+                                                                                       decode_media=False),
+                              skips.append))
+    assert [k for c in chunks for k in c.keys] == ["ok", "ok2"]
+    reasons = " | ".join(s.reason for s in skips)
+    assert "unsafe member name '../evil.ts'" in reasons and "unsafe member name '/abs.ts'" in reasons
+    assert "max_member_bytes=1000" in reasons and len(skips) == 3
+
+
+def test_corrupt_entries_counted(tmp_path):
+    with tarfile.open(tmp_path / "c-000000.tar", "w") as tar:
+        _add(tar, "a.ts", b"not-an-int")
+        _add(tar, "b.ts", b"2")
+        _add(tar, "b.s.npy", b"\x93NUMPY garbage")
+        _add(tar, "c.ts", b"3")
+        _add(tar, "c.s.npy", _npy(np.ones(5, np.float32)))  # wrong d for the manifest
+        _add(tar, "d.ts", b"4")
+        _add(tar, "d.s.npy", _npy(np.array([{"x": 1}], dtype=object)))  # object array needs pickle
+        _add(tar, "e.ts", b"5")
+    skips = []
+    chunks = list(iter_chunks(str(tmp_path / "c-000000.tar"), {"s": 4}, [], RAW, skips.append))
+    assert [k for c in chunks for k in c.keys] == ["e"]
+    assert [s.key for s in skips] == ["a", "b", "c", "d"]
+
+
+def _replay_keys(root, **kw):
+    ds = StreamReplayDataset(ReplayConfig(root=str(root), reader=RAW, **kw))
+    batches = list(ds)
+    assert len(batches) == ds.batches_per_pass()
+    return batches
+
+
+def test_truncated_shard_skipped_and_later_shards_replay(tmp_path):
+    rng = np.random.default_rng(2)
+    _write_events(tmp_path, 30, 10, rng)  # 3 shards of 10 events
+    victim = tmp_path / "ev-000001.tar"
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2 + 100])  # cut in the middle of a member
+    batches = _replay_keys(tmp_path, batch_size=4)
+    keys = [k for b in batches for k in b["key"]]
+    assert keys[:10] == [f"e{i:04d}" for i in range(10)]
+    assert keys[-10:] == [f"e{i:04d}" for i in range(20, 30)]  # the shard after still replays
+    assert 10 < len(keys) < 30 and len(set(keys)) == len(keys)
+    assert sum(b["skipped"] for b in batches) >= 1
+    assert len(batches) == 8 and batches[-1]["padding"]  # planned ceil(30/4) batches, short worker pads
+
+
+def test_truncated_on_member_boundary_and_garbage_counted(tmp_path):
+    rng = np.random.default_rng(3)
+    _write_events(tmp_path, 30, 10, rng)
+    (tmp_path / "ev-000000.tar").write_bytes(os.urandom(20000))  # garbage bytes, same name
+    s1 = tmp_path / "ev-000001.tar"
+    with tarfile.open(s1) as tar:
+        cut = tar.getmembers()[12].offset  # a header boundary: tarfile alone would stop silently
+    s1.write_bytes(s1.read_bytes()[:cut])
+    batches = _replay_keys(tmp_path, batch_size=5)
+    keys = [k for b in batches for k in b["key"]]
+    assert keys[-10:] == [f"e{i:04d}" for i in range(20, 30)]
+    assert not any(k in keys for k in (f"e{i:04d}" for i in range(10)))
+    assert sum(b["skipped"] for b in batches) == 2  # one per bad shard
+    assert len(batches) == 6
+
+
+def test_manifest_scanned_when_absent(tmp_path):
+    rng = np.random.default_rng(4)
+    _write_events(tmp_path, 12, 5, rng)
+    written = load_manifest(tmp_path).to_json()
+    (tmp_path / "manifest.json").unlink()
+    assert load_manifest(tmp_path).to_json() == written
+
+
+def test_writer_errors_name_the_argument(tmp_path):
+    with pytest.raises(ValueError, match="events_per_shard=0"):
+        ShardSetWriter(tmp_path, "x", 0)
+    w = ShardSetWriter(tmp_path, "x", 4)
+    with pytest.raises(ValueError, match="media ext='pyd'"):
+        w.write_event(ts=1, media={"pyd": b"x"})
+    w.write_event(ts=1, emb={"s": np.ones(3)})
+    with pytest.raises(ValueError, match="d=3"):
+        w.write_event(ts=2, emb={"s": np.ones(4)})
+    w.close()
