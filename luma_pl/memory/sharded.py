@@ -1,0 +1,86 @@
+"""A TieredMemory sharded across torch.distributed ranks (gloo on CPU, nccl on GPU).
+
+Each rank owns the ids whose stable hash (splitmix64, identical on every machine and run, unlike
+Python's salted ``hash``) lands on it. ``insert`` may be called with the same batch on every rank (each
+keeps its share) or with different batches (each keeps its share of its own batch). ``search`` is a
+collective: every rank's queries are all-gathered, every rank searches all of them in its shard, and
+the (ids, scores, tiers, zeta) of all shards are all-gathered and merged into each rank's top-k.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from luma_pl.memory.tiered import SearchResult, TieredMemory
+
+
+def stable_hash(ids: np.ndarray) -> np.ndarray:
+    """splitmix64 of int64 ids -> uint64, the same everywhere."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(ids, dtype=np.int64).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def shard_of(ids: np.ndarray, world_size: int) -> np.ndarray:
+    """(n,) rank that owns each id."""
+    return (stable_hash(ids) % np.uint64(world_size)).astype(np.int64)
+
+
+class ShardedMemory:
+    def __init__(self, local: TieredMemory, group=None):
+        self.local = local
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+
+    def owns(self, ids) -> np.ndarray:
+        return shard_of(np.asarray(ids), self.world) == self.rank
+
+    def insert(self, ids, vectors, **kwargs) -> int:
+        """Keep this rank's share of the batch; return how many it kept. Not a collective."""
+        ids = np.asarray(ids)
+        mine = self.owns(ids)
+        if mine.any():
+            self.local.insert(ids[mine], np.asarray(vectors)[mine], **kwargs)
+        return int(mine.sum())
+
+    def _all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        out = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(out, t, group=self.group)
+        return torch.stack(out)  # (world, *t.shape)
+
+    def search(self, queries, k: int, **kwargs) -> SearchResult:
+        """Collective: every rank must call it (with 0 queries if it has none)."""
+        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.local.cfg.dim))
+        counts = self._all_gather(torch.tensor([len(q)], dtype=torch.int64)).view(-1).tolist()
+        qmax = max(counts)
+        padded = np.zeros((qmax, q.shape[1]), dtype=np.float32)
+        padded[: len(q)] = q
+        every = self._all_gather(torch.from_numpy(padded)).view(-1, q.shape[1]).numpy()  # (world*qmax, d)
+        res = self.local.search(every, k, **kwargs) if qmax else None
+        shape = (self.world * qmax, k)
+        ids = res.ids if res else np.empty(shape, np.int64)
+        scores = res.scores if res else np.empty(shape, np.float32)
+        tiers = res.tiers.astype(np.int64) if res else np.empty(shape, np.int64)
+        zeta = res.zeta if res else np.empty(shape, np.float32)
+        zmax = res.zeta_max if res else self.local.zeta_max
+        # gather every shard's answers: (world shards, world*qmax queries, k)
+        g_ids = self._all_gather(torch.from_numpy(np.ascontiguousarray(ids))).numpy()
+        g_sc = self._all_gather(torch.from_numpy(np.ascontiguousarray(scores))).numpy()
+        g_ti = self._all_gather(torch.from_numpy(np.ascontiguousarray(tiers))).numpy()
+        g_ze = self._all_gather(torch.from_numpy(np.ascontiguousarray(zeta))).numpy()
+        g_zm = self._all_gather(torch.tensor([zmax], dtype=torch.float64)).view(-1).numpy()
+        mine = slice(self.rank * qmax, self.rank * qmax + len(q))
+
+        def own(a):  # (world, world*qmax, k) -> this rank's queries, shards side by side: (Q, world*k)
+            return np.concatenate(list(a[:, mine]), axis=1)
+
+        sc, ii, ti, ze = own(g_sc), own(g_ids), own(g_ti), own(g_ze)
+        top = np.argsort(-sc, axis=1, kind="stable")[:, :k]
+        take = lambda a: np.take_along_axis(a, top, 1)  # noqa: E731
+        return SearchResult(take(ii), take(sc).astype(np.float32), take(ti).astype(np.int8),
+                            take(ze).astype(np.float32), float(g_zm.max()))

@@ -1,0 +1,203 @@
+"""TieredMemory: admission, budgets, migration, rescoring, errors, persistence, checkpoint callback."""
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from luma_pl.memory import BUFFER, HOT, WARM, MemoryConfig, TieredMemory, from_state_dict, load, save, state_dict
+from luma_pl.threads import limit_cpu_threads
+
+limit_cpu_threads()
+D = 16
+
+
+def unit(rng, n, d=D):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def cfg(**kw):
+    base = dict(dim=D, hot_max_items=40, hot_max_bytes=1 << 20, warm_max_items=600, warm_max_bytes=1 << 22,
+                nlist=4, nprobe=4, pq_m=4, pq_nbits=4, train_points_per_centroid=20, ef_search=128, hnsw_m=8,
+                zeta_window=10_000)
+    return MemoryConfig(**(base | kw))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def exact_topk(x, ids, q, k):
+    s = q @ x.T
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return ids[top], np.take_along_axis(s, top, 1)
+
+
+def test_newest_first_lru_admission_and_budgets(rng):
+    m = TieredMemory(cfg())
+    x = unit(rng, 200)
+    for s in range(0, 200, 25):
+        m.insert(np.arange(s, s + 25), x[s : s + 25])
+        counts = m.audit()
+        assert counts["hot"] <= 40
+    # newest 40 are hot; the rest warm (still in the exact buffer: 160 < 320 training points)
+    assert {m.location(i) for i in range(160, 200)} == {"hot"}
+    assert {m.location(i) for i in range(0, 160)} == {"buffer"}
+    b = m.bytes_by_tier()
+    assert b["hot"] <= m.cfg.hot_max_bytes and b["warm"] <= m.cfg.warm_max_bytes
+    # exact tiers: results equal brute force over everything
+    q = unit(rng, 7)
+    r = m.search(q, 10)
+    ids, sc = exact_topk(x, np.arange(200), q, 10)
+    np.testing.assert_array_equal(r.ids, ids)
+    np.testing.assert_allclose(r.scores, sc, rtol=1e-5)
+    assert set(np.unique(r.tiers)) <= {HOT, BUFFER} and (r.zeta == 0).all()
+    m.close()
+
+
+def test_training_rescoring_zeta_and_warm_eviction(rng):
+    m = TieredMemory(cfg(warm_max_items=500))
+    x = unit(rng, 700)
+    m.insert(np.arange(700), x)  # 40 hot, 500 warm (trained), 160 evicted
+    counts = m.audit()
+    assert counts == {"hot": 40, "warm": 500, "buffer": 0, "evicted": 160}
+    assert m.stats()["evictions"] == 160 and m.warm.trained
+    live = np.array([i for i in range(700) if m.location(i) != "evicted"])
+    q = unit(rng, 5)
+    ref_ids, ref_sc = exact_topk(x[live], live, q, 5)
+    r = m.search(q, 5, oversample=200)  # all candidates rescored: exact
+    np.testing.assert_array_equal(r.ids, ref_ids)
+    np.testing.assert_allclose(r.scores, ref_sc, rtol=1e-5)
+    assert (r.zeta == 0).all() and r.zeta_max > 0
+    raw = m.search(q, 5, rescore=False)
+    warm_hits = raw.tiers == WARM
+    assert warm_hits.any() and (raw.zeta[warm_hits] > 0).all() and (raw.zeta[warm_hits] <= raw.zeta_max).all()
+    # PQ scores are within zeta of the exact score of the same item
+    exact_s = np.einsum("qd,qkd->qk", q, x[raw.ids])
+    assert (np.abs(raw.scores - exact_s) <= raw.zeta + 1e-5).all()
+    m.close()
+
+
+def test_promote_demote_evict_and_hits(rng):
+    m = TieredMemory(cfg())
+    x = unit(rng, 100)
+    m.insert(np.arange(100), x)
+    m.promote([0, 1])
+    assert m.location(0) == m.location(1) == "hot"
+    np.testing.assert_allclose(m.hot.vectors(np.array([m.key_of[0]])), x[:1])  # exact, from originals
+    m.demote([99])
+    assert m.location(99) == "buffer"
+    m.evict([5, 99])
+    assert m.location(5) == "evicted" and m.stats()["evictions"] == 2
+    with pytest.raises(ValueError, match="cannot demote id 5: it is evicted"):
+        m.demote([5])
+    with pytest.raises(ValueError, match="never inserted"):
+        m.promote([12345])
+    for _ in range(3):
+        m.search(x[10:11], 1)
+    assert m.hits[m.key_of[10]] == 3
+    assert m.migrate() >= 1 and m.location(10) == "hot"
+    m.audit()
+    m.close()
+
+
+def test_input_errors_name_the_argument(rng):
+    m = TieredMemory(cfg())
+    x = unit(rng, 4)
+    m.insert([1, 2], x[:2])
+    with pytest.raises(ValueError, match="already in the memory"):
+        m.insert([2, 3], x[2:4])
+    with pytest.raises(ValueError, match="repeats"):
+        m.insert([7, 7], x[:2])
+    with pytest.raises(ValueError, match=r"vectors must have shape \(1, 16\)"):
+        m.insert([8], unit(rng, 1, 8))
+    bad = x[:1].copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="vectors row 0 has NaN"):
+        m.insert([8], bad)
+    with pytest.raises(ValueError, match="L2-normalised"):
+        m.insert([8], 2 * x[:1])
+    with pytest.raises(ValueError, match="k=0"):
+        m.search(x[:1], 0)
+    with pytest.raises(ValueError, match="queries must have shape"):
+        m.search(np.ones(3, np.float32), 1)
+    m.insert([2], x[3:4], upsert=True)  # explicit upsert replaces the vector
+    assert m.search(x[3:4], 1).ids[0, 0] == 2 and m.stats()["replaced"] == 1
+    m.audit()
+    m.close()
+
+
+def test_hot_byte_budget_counts_graph_links(rng):
+    # room for ~10 rows of 16 floats + links: the item budget (40) is not the binding one
+    m = TieredMemory(cfg(hot_max_bytes=10 * (D * 4 + 9 + 16 * 4 + 12)))
+    m.insert(np.arange(60), unit(rng, 60))
+    assert len(m.hot) < 40 and m.hot.nbytes() <= m.cfg.hot_max_bytes
+    m.audit()
+    m.close()
+
+
+def test_save_load_answers_identically_and_detects_corruption(rng, tmp_path):
+    m = TieredMemory(cfg(warm_max_items=500))
+    x = unit(rng, 450)
+    m.insert(np.arange(450), x)
+    m.evict([3, 4])
+    m.demote(m.ids[m.keys_in(HOT)[:5]])
+    q = unit(rng, 20)
+    path = str(tmp_path / "snap")
+    save(m, path)
+    save(m, path)  # replacing an existing snapshot works
+    m2 = load(path)
+    for kw in ({}, {"rescore": False}, {"oversample": 2}):
+        a, b = m.search(q, 10, record_hits=False, **kw), m2.search(q, 10, record_hits=False, **kw)
+        for f in ("ids", "scores", "tiers", "zeta"):
+            np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    assert m2.stats() == m.stats()
+    m2.insert([9999], unit(rng, 1))  # a loaded memory keeps working
+    m2.audit()
+    # state_dict round trip (checkpoint path)
+    m3 = from_state_dict(state_dict(m))
+    np.testing.assert_array_equal(m3.search(q, 10).ids, m.search(q, 10).ids)
+    with open(tmp_path / "snap" / "originals.f32", "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff\xff")
+    with pytest.raises(ValueError, match="checksum"):
+        load(path)
+    for mem in (m, m2, m3):
+        mem.close()
+
+
+def test_checkpoint_callback_round_trip_weights_only(rng, tmp_path):
+    from callbacks.memory_checkpoint import STATE_KEY, MemoryCheckpoint
+
+    m = TieredMemory(cfg())
+    x = unit(rng, 80)
+    m.insert(np.arange(80), x)
+    cb = MemoryCheckpoint(m)
+    ckpt = {}
+    cb.on_save_checkpoint(None, None, ckpt)
+    torch.save(ckpt, tmp_path / "c.ckpt")
+    loaded = torch.load(tmp_path / "c.ckpt", weights_only=True)
+    got = []
+    cb2 = MemoryCheckpoint(TieredMemory(cfg()), on_restore=got.append)
+    cb2.on_load_checkpoint(None, None, loaded)
+    assert got and cb2.memory is got[0]
+    np.testing.assert_array_equal(cb2.memory.search(x[:5], 3).ids, m.search(x[:5], 3).ids)
+    cb2.on_load_checkpoint(None, None, {})  # old checkpoint without memory state: no-op
+    assert STATE_KEY in ckpt
+    m.close()
+    cb2.memory.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0), reason="needs faiss GPU + CUDA")
+def test_gpu_flat_hot_tier_is_exact(rng):
+    m = TieredMemory(cfg(hot_backend="gpu_flat"))
+    x = unit(rng, 30)
+    m.insert(np.arange(30), x)
+    ids, _ = exact_topk(x, np.arange(30), x[:4], 5)
+    np.testing.assert_array_equal(m.search(x[:4], 5).ids, ids)
+    m.evict([0])
+    m.audit()
+    m.close()

@@ -1,0 +1,168 @@
+"""Unit tests of the hot tier, the warm tier and the originals store against exact faiss search."""
+
+import json
+import os
+
+import faiss
+import numpy as np
+import pytest
+
+from luma_pl.memory import HotTier, MemoryConfig, OriginalsStore, WarmTier
+from luma_pl.threads import limit_cpu_threads
+
+limit_cpu_threads()
+
+
+def unit(rng, n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def exact(xb, ids, q, k):
+    index = faiss.IndexIDMap(faiss.IndexFlatIP(xb.shape[1]))
+    index.add_with_ids(xb, ids)
+    return index.search(q, k)
+
+
+@pytest.mark.parametrize("backend", ["hnsw", "flat"])
+def test_hot_matches_exact_and_filters_tombstones(backend):
+    rng = np.random.default_rng(0)
+    x, q = unit(rng, 600, 16), unit(rng, 20, 16)
+    ids = np.arange(1000, 1600)
+    hot = HotTier(16, backend, m=16, ef_search=256, tombstone_fraction=0.5)
+    hot.add(ids, x)
+    s, i = hot.search(q, 10)
+    d_ref, i_ref = exact(x, ids, q, 10)
+    np.testing.assert_array_equal(i, i_ref)
+    np.testing.assert_allclose(s, d_ref, rtol=1e-5)
+    gone = ids[::5]  # 20% removed: below the rebuild threshold for hnsw, so tombstones are filtered
+    hot.remove(gone)
+    if backend == "hnsw":
+        assert hot.tombstones == len(gone) and hot.rebuilds == 0
+    keep = ~np.isin(ids, gone)
+    s, i = hot.search(q, 10)
+    d_ref, i_ref = exact(x[keep], ids[keep], q, 10)
+    np.testing.assert_array_equal(i, i_ref)
+    assert not np.isin(i, gone).any()
+    np.testing.assert_allclose(hot.vectors(ids[1:3]), x[1:3])
+
+
+def test_hot_rebuilds_past_tombstone_threshold_and_counts_bytes():
+    rng = np.random.default_rng(1)
+    x = unit(rng, 300, 32)
+    hot = HotTier(32, "hnsw", m=8, tombstone_fraction=0.2)
+    hot.add(np.arange(300), x)
+    size = len(faiss.serialize_index(hot.index))
+    # our count (vectors, links, offsets, levels, ids, live flags) is within 5% of faiss' own bytes
+    assert abs(hot.nbytes() - 300 * 9 - size) / size < 0.05
+    hot.remove(np.arange(50))
+    assert hot.rebuilds == 0 and hot.tombstones == 50
+    hot.remove(np.arange(50, 70))  # 70/300 > 20%
+    assert hot.rebuilds == 1 and hot.tombstones == 0 and hot.rows == 230
+    s, i = hot.search(x[100:101], 1)
+    assert i[0, 0] == 100 and abs(s[0, 0] - 1) < 1e-5
+
+
+def test_hot_k_larger_than_items_pads():
+    hot = HotTier(8, "hnsw", m=4)
+    hot.add(np.array([7, 9]), unit(np.random.default_rng(2), 2, 8))
+    s, i = hot.search(unit(np.random.default_rng(3), 1, 8), 5)
+    assert sorted(i[0, :2].tolist()) == [7, 9] and (i[0, 2:] == -1).all() and np.isneginf(s[0, 2:]).all()
+
+
+def small_warm_cfg(**kw):
+    base = dict(dim=16, hot_max_items=0, warm_max_items=5000, warm_max_bytes=1 << 24, nlist=4, nprobe=4,
+                pq_m=4, pq_nbits=4, train_points_per_centroid=20, zeta_window=64)
+    return MemoryConfig(**(base | kw))
+
+
+def test_warm_buffer_exact_then_trains_and_zeta_is_reconstruction_error():
+    rng = np.random.default_rng(4)
+    cfg = small_warm_cfg()
+    warm = WarmTier(cfg)
+    assert warm.train_size == 20 * 16
+    x, q = unit(rng, 400, 16), unit(rng, 10, 16)
+    zeta = warm.add(np.arange(300), x[:300])
+    assert (zeta == 0).all() and not warm.trained
+    s, i = warm.search_buffer(q, 5)
+    d_ref, i_ref = exact(x[:300], np.arange(300), q, 5)
+    np.testing.assert_array_equal(i, i_ref)
+    z = warm.train(np.arange(400), x)
+    assert warm.trained and warm.ivf_count == 400 and warm.index.nprobe == 4
+    codes = warm.index.sa_encode(x)
+    np.testing.assert_allclose(z, np.linalg.norm(x - warm.index.sa_decode(codes), axis=1), rtol=1e-5)
+    # PQ scores are within zeta of the exact ones (|<q, x - x_hat>| <= ||q|| zeta)
+    s, i = warm.search_ivf(q, 5)
+    exact_s = np.einsum("qd,qkd->qk", q, x[i])
+    assert (np.abs(s - exact_s) <= z[i] + 1e-5).all()
+    warm.remove(np.arange(0, 400, 2), np.zeros(200, bool))
+    assert warm.ivf_count == 200 and warm.index.ntotal == 200
+    _, i = warm.search_ivf(q, 50)
+    assert not np.isin(i, np.arange(0, 400, 2)).any()
+
+
+def test_warm_needs_retrain_when_zeta_drifts():
+    rng = np.random.default_rng(5)
+    cfg = small_warm_cfg(pq_nbits=6, train_points_per_centroid=10)
+    warm = WarmTier(cfg)
+    # train on a low-dimensional subspace, then add vectors from the full space: PQ error jumps
+    base = np.zeros((640, 16), np.float32)
+    base[:, :4] = rng.standard_normal((640, 4))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    warm.train(np.arange(640), base)
+    assert not warm.needs_retrain()
+    warm.add(np.arange(1000, 1064), unit(rng, 64, 16))
+    assert warm.needs_retrain()
+
+
+def test_config_rejects_bad_values_with_names():
+    with pytest.raises(ValueError, match="pq_m"):
+        MemoryConfig(dim=10, pq_m=3).validate()
+    with pytest.raises(ValueError, match="hot_max_bytes"):
+        MemoryConfig(dim=512, hot_max_bytes=100).validate()
+    with pytest.raises(ValueError, match="nlist"):
+        MemoryConfig(dim=8, pq_m=2, warm_max_items=10, nlist=50).validate()
+    with pytest.raises(ValueError, match="unknown key"):
+        MemoryConfig.from_dict({"dim": 8, "nprobe_typo": 3})
+    with pytest.raises(ValueError, match="nprobe"):
+        MemoryConfig.from_dict({"dim": 8, "pq_m": 2, "nprobe": 0})
+    cfg = MemoryConfig(dim=512, warm_max_items=1_000_000, warm_max_bytes=1 << 40)
+    assert cfg.resolved_nlist() == 4000  # ~4 sqrt(N)
+
+
+def test_originals_append_read_and_ignore_uncommitted_tail(tmp_path):
+    rng = np.random.default_rng(6)
+    store = OriginalsStore(str(tmp_path), 8)
+    x = unit(rng, 10, 8)
+    assert store.append(x[:6]).tolist() == list(range(6))
+    assert store.append(x[6:]).tolist() == list(range(6, 10))
+    np.testing.assert_array_equal(store.get(np.array([9, 0])), x[[9, 0]])
+    store.close()
+    # a crash after writing rows but before committing the header: garbage tail + partial row
+    with open(tmp_path / "originals.f32", "ab") as f:
+        f.write(b"\x01" * (8 * 4 * 3 + 5))
+    store = OriginalsStore(str(tmp_path), 8)
+    assert store.rows == 10
+    store.verify()
+    store.append(x[:2])  # overwrites the uncommitted tail
+    np.testing.assert_array_equal(store.get(np.array([10, 11])), x[:2])
+    store.close()
+    # a torn header write leaves the old header (atomic rename): a stale .tmp is ignored
+    (tmp_path / "originals.json.tmp").write_text("{garbage")
+    store = OriginalsStore(str(tmp_path), 8)
+    assert store.rows == 12
+    store.close()
+    # corruption of committed bytes is caught
+    with open(tmp_path / "originals.f32", "r+b") as f:
+        f.seek(4)
+        f.write(b"\x00\x00\x80\x7f")
+    store = OriginalsStore(str(tmp_path), 8)
+    with pytest.raises(ValueError, match="checksum"):
+        store.verify()
+    store.close()
+    with pytest.raises(ValueError, match="dim=8"):
+        OriginalsStore(str(tmp_path), 16)
+    head = json.loads((tmp_path / "originals.json").read_text())
+    os.truncate(tmp_path / "originals.f32", head["rows"] * 32 - 1)
+    with pytest.raises(ValueError, match="truncated"):
+        OriginalsStore(str(tmp_path), 8)
