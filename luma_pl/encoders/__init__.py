@@ -88,31 +88,65 @@ class EncoderConfig(StrictConfig):
     def validate(self) -> None:
         owner = type(self).__name__
         require(self.kind in KINDS, owner, "kind", self.kind, f"use one of {list(KINDS)}")
-        require(self.precision in ("bf16", "fp16", "fp32"), owner, "precision", self.precision, "use 'bf16', 'fp16' or 'fp32'")
         require(
-            self.device == "cpu" or self.device.startswith("cuda"), owner, "device", self.device, f"use {DEVICES_HINT}"
+            self.precision in ("bf16", "fp16", "fp32"),
+            owner,
+            "precision",
+            self.precision,
+            "use 'bf16', 'fp16' or 'fp32'",
         )
-        require(self.batch_size is None or self.batch_size >= 1, owner, "batch_size", self.batch_size, "use a positive integer or null")
+        require(
+            self.device == "cpu" or self.device.startswith("cuda"),
+            owner,
+            "device",
+            self.device,
+            f"use {DEVICES_HINT}",
+        )
+        require(
+            self.batch_size is None or self.batch_size >= 1,
+            owner,
+            "batch_size",
+            self.batch_size,
+            "use a positive integer or null",
+        )
         if self.kind != "clip":
             for field in ("pretrained", "model_cfg"):
-                require(getattr(self, field) is None, owner, field, getattr(self, field), f"only kind='clip' uses it; remove it for kind={self.kind!r}")
+                require(
+                    getattr(self, field) is None,
+                    owner,
+                    field,
+                    getattr(self, field),
+                    f"only kind='clip' uses it; remove it for kind={self.kind!r}",
+                )
         if self.kind != "wordllama":
-            require(self.dim is None, owner, "dim", self.dim, "only kind='wordllama' takes a truncation dim; remove it")
+            require(
+                self.dim is None,
+                owner,
+                "dim",
+                self.dim,
+                "only kind='wordllama' takes a truncation dim; remove it",
+            )
         if self.kind == "clip":
             require(
                 self.model_cfg is not None or self.pretrained is not None or self.path is not None,
-                owner, "pretrained", self.pretrained,
+                owner,
+                "pretrained",
+                self.pretrained,
                 "kind='clip' needs weights: set pretrained (a tag), path (a checkpoint), or model_cfg (random init)",
             )
         if self.kind == "clap":
             require(
-                self.name is not None or self.path is not None, owner, "name", self.name,
+                self.name is not None or self.path is not None,
+                owner,
+                "name",
+                self.name,
                 "kind='clap' needs name (a hub name such as 'laion/clap-htsat-unfused') or path (a local folder)",
             )
         if self.path is not None and not Path(self.path).expanduser().exists():
             raise ConfigError(
                 f"{owner}.path={self.path!r} does not exist; point it at the local {self.kind} weights, "
-                f"or set path to null" + (" to use the packaged model" if self.kind in ("minilm", "wordllama") else "")
+                f"or set path to null"
+                + (" to use the packaged model" if self.kind in ("minilm", "wordllama") else "")
             )
 
 
@@ -130,7 +164,10 @@ def build_encoder(cfg: EncoderConfig | dict[str, Any]) -> FrozenEncoder:
 
         return OpenClipEncoder(
             model_name=cfg.name or ("ViT-B-32" if cfg.model_cfg is None else None),
-            pretrained=cfg.pretrained, path=cfg.path, model_cfg=cfg.model_cfg, **common,
+            pretrained=cfg.pretrained,
+            path=cfg.path,
+            model_cfg=cfg.model_cfg,
+            **common,
         )
     if cfg.kind == "clap":
         from .clap import ClapEncoder

@@ -62,10 +62,18 @@ class ClapEncoder(FrozenEncoder):
         source = str(name_or_path)
         # A Path object, an existing folder, or anything spelled like a filesystem path is local;
         # the rest is a hub name ("org/name").
-        local = isinstance(name_or_path, Path) or Path(source).expanduser().exists() or source.startswith((".", "/", "~"))
+        local = (
+            isinstance(name_or_path, Path)
+            or Path(source).expanduser().exists()
+            or source.startswith((".", "/", "~"))
+        )
         if local:
             source = str(
-                existing_path(name_or_path, "name_or_path", "give a local CLAP folder (save_pretrained output) or a hub name such as 'laion/clap-htsat-unfused'")
+                existing_path(
+                    name_or_path,
+                    "name_or_path",
+                    "give a local CLAP folder (save_pretrained output) or a hub name such as 'laion/clap-htsat-unfused'",
+                )
             )
         self.space = space
         self.crop = crop
@@ -118,7 +126,8 @@ class ClapEncoder(FrozenEncoder):
             texts, padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="pt"
         )
         out = self.model.get_text_features(
-            input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device)
+            input_ids=batch["input_ids"].to(self.device),
+            attention_mask=batch["attention_mask"].to(self.device),
         )
         return _features(out)  # (b, dim)
 

@@ -22,7 +22,6 @@ import json
 import os
 from copy import deepcopy
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import open_clip
@@ -64,7 +63,9 @@ def _tokenizer_from_cfg(cfg: dict[str, Any]):
     context_length = int(text_cfg.get("context_length", open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH))
     if text_cfg.get("hf_tokenizer_name"):
         return open_clip.tokenizer.HFTokenizer(
-            text_cfg["hf_tokenizer_name"], context_length=context_length, **text_cfg.get("tokenizer_kwargs", {})
+            text_cfg["hf_tokenizer_name"],
+            context_length=context_length,
+            **text_cfg.get("tokenizer_kwargs", {}),
         )
     return open_clip.SimpleTokenizer(context_length=context_length, **text_cfg.get("tokenizer_kwargs", {}))
 
@@ -132,7 +133,9 @@ class OpenClipEncoder(FrozenEncoder):
                 )
             arch = open_clip.get_model_config(model_name)
             if arch is None:
-                raise ValueError(f"model_name={model_name!r} is not an open_clip model; see open_clip.list_models()")
+                raise ValueError(
+                    f"model_name={model_name!r} is not an open_clip model; see open_clip.list_models()"
+                )
             embed_dim = int(arch["embed_dim"])
             model = open_clip.create_model(
                 model_name, pretrained=str(path) if path is not None else pretrained, weights_only=True

@@ -63,7 +63,11 @@ class MiniLMEncoder(FrozenEncoder):
         folder = (
             packaged_minilm_path()
             if path is None
-            else existing_path(path, "path", "give a local sentence-model folder (config.json + weights + tokenizer), or None for the packaged all-MiniLM-L6-v2")
+            else existing_path(
+                path,
+                "path",
+                "give a local sentence-model folder (config.json + weights + tokenizer), or None for the packaged all-MiniLM-L6-v2",
+            )
         )
         self.space = space
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

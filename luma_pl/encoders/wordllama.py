@@ -70,7 +70,11 @@ class WordLlamaEncoder(FrozenEncoder):
         root = (
             packaged_wordllama_dir()
             if path is None
-            else existing_path(path, "path", "give the folder holding weights/ and tokenizers/ from the wordllama wheel, or None for the installed package")
+            else existing_path(
+                path,
+                "path",
+                "give the folder holding weights/ and tokenizers/ from the wordllama wheel, or None for the installed package",
+            )
         )
         weights = existing_path(root / WEIGHTS_FILE, "weights file", "reinstall wordllama==0.4.0.post1")
         tok_file = existing_path(root / TOKENIZER_FILE, "tokenizer file", "reinstall wordllama==0.4.0.post1")
