@@ -136,7 +136,9 @@ class StreamReplayDataset(IterableDataset):
         return self.plan.rank_batches(self.rank)
 
     def __len__(self) -> int:
-        return self.batches_per_pass() - self.resume_batches
+        # The whole pass, also after a resume: Lightning restores its batch progress (n done) and
+        # compares it with this length, so the tail it runs is len - n, which is what we yield.
+        return self.batches_per_pass()
 
     def _totals(self) -> list[int]:
         return [self.plan.total(self.rank, w) for w in range(self.plan.workers)]
