@@ -1,0 +1,66 @@
+"""ProcrustesBridgeModule: streaming Procrustes under Lightning, no gradients (manual optimisation).
+
+training_step accumulates the batch's anchor pairs (rows where both spaces are present) into the
+bridge; the bridge itself all-reduces increments every ``sync_every`` steps and refreshes W every
+``refresh_every`` global pairs (see luma_pl/bridge/procrustes.py). Its whole state (statistics,
+counts, W, W_prev, W_ref, schedule position) is buffers of ``self.bridge``, so it is in every
+Lightning checkpoint and a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from luma_pl.bridge.procrustes import ProcrustesConfig, StreamingProcrustes
+from luma_pl.modules.common import BridgeModuleBase, BridgeModuleConfig, as_config
+
+
+class ProcrustesBridgeModule(BridgeModuleBase):
+    def __init__(self, bridge: ProcrustesConfig | dict | None = None, module: BridgeModuleConfig | dict | None = None,
+                 encoders: dict | None = None) -> None:
+        super().__init__()
+        bcfg = as_config(ProcrustesConfig, bridge)
+        self.cfg = as_config(BridgeModuleConfig, module)
+        # hparams as plain dicts: checkpoints stay loadable with weights_only=True
+        self.save_hyperparameters({"bridge": bcfg.to_dict(), "module": self.cfg.to_dict()})
+        self.automatic_optimization = False
+        self.bridge = StreamingProcrustes(bcfg)
+        self.dims = {self.cfg.source_space: bcfg.d_s, self.cfg.query_space: bcfg.d_s,
+                     self.cfg.canonical_space: bcfg.d_c, self.cfg.item_space: bcfg.d_c}
+        self._set_encoders(encoders)
+
+    def configure_optimizers(self):
+        return None  # closed-form solve: nothing to optimise
+
+    def bridge_ready(self) -> bool:
+        return int(self.bridge.refreshes) > 0
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        with torch.no_grad():
+            s, c = self.pairs(batch)  # (n, d_s), (n, d_c); n = 0 on padding batches
+            refreshed = self.bridge.fit_step(s, c)  # joins the increment all-reduce on schedule
+        self.log("train/pairs", float(self.bridge.pairs_total), on_step=True, on_epoch=False)
+        if refreshed:
+            eps = self.bridge.epsilon()
+            self.log("train/refreshes", float(self.bridge.refreshes), on_step=True, on_epoch=False)
+            if math.isfinite(eps):
+                self.log("train/epsilon", eps, on_step=True, on_epoch=False)
+            ref = self.bridge.drift_from_reference()
+            if math.isfinite(ref):
+                self.log("train/drift_from_reference", ref, on_step=True, on_epoch=False)
+        return None
+
+    def on_train_epoch_end(self) -> None:
+        # pairs of the last partial sync window must not wait for the next epoch. The condition is
+        # the same on every rank (a config value), so all ranks join the collective or none does.
+        if self.bridge.config.sync_every > 1:
+            self.bridge.sync_increment()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning writes rank 0's state only: merge every rank's pending increment first, or the
+        # other ranks' unsynced pairs would be missing on resume. Every rank dumps the checkpoint,
+        # so this collective is joined by all; merging early only reorders float additions.
+        if self.bridge.config.sync_every > 1:
+            self.bridge.sync_increment()

@@ -1,0 +1,149 @@
+"""What both bridge LightningModules share: reading anchor pairs from a replay batch (or encoding
+raw media on the fly), and retrieval validation over the whole validation stream.
+
+Replay batch contract: docs/architecture.md. A padding batch (B = 0) yields 0 pairs and still
+reaches every collective, so ranks stay in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from lightning.pytorch import LightningModule
+
+from luma_pl.bridge.distributed import gather_rows
+from luma_pl.configuration import StrictConfig, require
+from luma_pl.metrics import build
+
+_MODALITY = {"txt": "text", "jpg": "image", "png": "image", "flac": "audio", "wav": "audio"}
+
+
+@dataclasses.dataclass
+class BridgeModuleConfig(StrictConfig):
+    source_space: str = "wordllama"
+    """Batch ``emb`` key of the source anchors (s)."""
+    canonical_space: str = "minilm"
+    """Batch ``emb`` key of the canonical anchors (c)."""
+    query_space: str = "query_wordllama"
+    """Validation: source-space queries, bridged before scoring."""
+    item_space: str = "minilm"
+    """Validation: canonical-space items; an item is relevant to the query of its own event."""
+    ks: list[int] = dataclasses.field(default_factory=lambda: [1, 10])
+    """Cut-offs k of the logged val/<metric>@k."""
+    metrics: list[str] = dataclasses.field(default_factory=lambda: ["recall", "mrr", "ndcg", "hit_rate"])
+    """Metrics logged at validation: any of recall, mrr, ndcg, hit_rate."""
+    media_keys: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Space -> media extension to encode on the fly when the batch has no precomputed ``emb`` for it
+    (e.g. {"minilm": "txt"}); needs an encoder for that space."""
+    score_chunk: int = 1024
+    """Validation queries scored per chunk (bounds the (chunk, items) score matrix)."""
+
+    def validate(self) -> None:
+        n = "BridgeModuleConfig"
+        require(all(isinstance(k, int) and k >= 1 for k in self.ks) and self.ks, n, "ks", self.ks, "use positive ints, e.g. [1, 10]")
+        for ext in self.media_keys.values():
+            require(ext in _MODALITY, n, "media_keys", self.media_keys, f"extensions must be in {sorted(_MODALITY)}")
+        require(self.score_chunk >= 1, n, "score_chunk", self.score_chunk, "use a positive chunk size")
+
+
+def as_config(cls, value):
+    """Accept a config object or a plain dict (from YAML / hparams)."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        value.validate()
+        return value
+    return cls.from_dict(value)
+
+
+class BridgeModuleBase(LightningModule):
+    """Subclasses set ``self.bridge`` (forward: (N, d_s) -> unit (N, d_c)) and ``self.cfg``."""
+
+    cfg: BridgeModuleConfig
+    dims: dict[str, int]
+
+    def _set_encoders(self, encoders) -> None:
+        # a plain dict, not registered: frozen weights stay out of checkpoints and out of DDP
+        self._encoders = dict(encoders or {})
+        for space in self.cfg.media_keys:
+            if space not in self._encoders:
+                raise ValueError(f"media_keys names space {space!r} but encoders has {sorted(self._encoders)}; pass an encoder for it")
+
+    def on_fit_start(self) -> None:
+        for enc in self._encoders.values():
+            enc.to(self.device)
+
+    # --- reading a batch ----------------------------------------------------------------------
+    def space(self, batch: dict, space: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(emb (B, d), has (B,))`` for a space, from the batch or encoded from raw media."""
+        emb, has = batch.get("emb", {}), batch.get("has", {})
+        if space in emb:
+            e = emb[space].to(self.device)
+            h = has.get(space, torch.ones(e.shape[0], dtype=torch.bool)).to(self.device)
+            return e, h
+        B = len(batch.get("key", []))
+        if space in self.cfg.media_keys:
+            ext = self.cfg.media_keys[space]
+            raw = batch.get("media", {}).get(ext, [None] * B)
+            h = torch.tensor([x is not None for x in raw], dtype=torch.bool, device=self.device)
+            e = torch.zeros(B, self.dims[space], device=self.device)
+            items = [x[0] if ext in ("flac", "wav") else x for x in raw if x is not None]  # audio: (wave, sr)
+            if items:
+                enc = self._encoders[space]
+                e[h] = getattr(enc, f"encode_{_MODALITY[ext]}")(items).to(self.device, e.dtype)
+            return e, h
+        if B == 0:  # a padding batch may omit spaces
+            return torch.zeros(0, self.dims[space], device=self.device), torch.zeros(0, dtype=torch.bool, device=self.device)
+        raise KeyError(f"batch has no emb[{space!r}] (has {sorted(emb)}) and media_keys has no entry for it; "
+                       "replay that space or set media_keys + encoders")
+
+    def pairs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anchor pairs ``s`` (n, d_s), ``c`` (n, d_c): rows where both spaces are present."""
+        s, hs = self.space(batch, self.cfg.source_space)
+        c, hc = self.space(batch, self.cfg.canonical_space)
+        both = hs & hc
+        return s[both], c[both]
+
+    # --- validation ------------------------------------------------------------------------------
+    def bridge_ready(self) -> bool:
+        return True
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_q, self._val_pos, self._val_other = [], [], []
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        q, hq = self.space(batch, self.cfg.query_space)
+        x, hx = self.space(batch, self.cfg.item_space)
+        both = hq & hx
+        if self.bridge_ready() and bool(both.any()):
+            self._val_q.append(self.bridge(q[both]).float())  # (n, d_c) bridged queries
+        self._val_pos.append(x[both].float())  # (n, d_c): item i is the one relevant to query i
+        self._val_other.append(x[hx & ~hq].float())  # items with no query: distractors
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.bridge_ready():  # e.g. Procrustes before its first refresh: same on every rank
+            return
+        d = self.dims[self.cfg.item_space]
+        cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, d, device=self.device)  # noqa: E731
+        q, pos, other = cat(self._val_q), cat(self._val_pos), cat(self._val_other)
+        # gallery = every rank's positives (rank order), then every rank's distractors
+        pos_all, offset, _ = gather_rows(pos)
+        other_all, _, _ = gather_rows(other)
+        gallery = torch.cat([pos_all, other_all])  # (I, d_c)
+        metrics = build(tuple(self.cfg.metrics), tuple(self.cfg.ks))
+        for i in range(0, max(q.shape[0], 1), self.cfg.score_chunk):
+            qc = q[i : i + self.cfg.score_chunk]
+            if qc.shape[0] == 0:
+                break
+            scores = qc @ gallery.T  # (chunk, I)
+            rel = torch.zeros_like(scores, dtype=torch.bool)
+            rel[torch.arange(qc.shape[0]), offset + i + torch.arange(qc.shape[0], device=self.device)] = True
+            for m in metrics.values():
+                m.update(scores, rel)
+        for name, m in metrics.items():
+            value = m.compute()  # sums are all-reduced across ranks inside compute()
+            if not torch.isnan(value):
+                self.log(f"val/{name}", value.float(), sync_dist=False, rank_zero_only=False)
+        self.log("val/queries", float(metrics[next(iter(metrics))].count))

@@ -1,0 +1,67 @@
+"""LearnedBridgeModule: a learned bridge trained with symmetric InfoNCE (+ MSE) under Lightning.
+
+The loss gathers negatives from every rank with gradient and is scaled so that DDP's gradient
+average equals the gradient of the global-batch loss (luma_pl/bridge/learned.py). Padding
+batches return a zero loss wired to every parameter, so DDP's gradient all-reduce still runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from luma_pl.bridge.learned import LearnedBridge, LearnedBridgeConfig
+from luma_pl.configuration import StrictConfig, require
+from luma_pl.modules.common import BridgeModuleBase, BridgeModuleConfig, as_config
+
+
+@dataclasses.dataclass
+class OptimConfig(StrictConfig):
+    lr: float = 1e-3
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (not applied to the temperature)."""
+
+    def validate(self) -> None:
+        require(self.lr > 0, "OptimConfig", "lr", self.lr, "use a positive learning rate")
+        require(self.weight_decay >= 0, "OptimConfig", "weight_decay", self.weight_decay, "use >= 0")
+
+
+class LearnedBridgeModule(BridgeModuleBase):
+    def __init__(self, bridge: LearnedBridgeConfig | dict | None = None, module: BridgeModuleConfig | dict | None = None,
+                 optim: OptimConfig | dict | None = None, encoders: dict | None = None) -> None:
+        super().__init__()
+        bcfg = as_config(LearnedBridgeConfig, bridge)
+        self.cfg = as_config(BridgeModuleConfig, module)
+        self.optim = as_config(OptimConfig, optim)
+        self.save_hyperparameters({"bridge": bcfg.to_dict(), "module": self.cfg.to_dict(), "optim": self.optim.to_dict()})
+        self.bridge = LearnedBridge(bcfg)
+        self.dims = {self.cfg.source_space: bcfg.d_s, self.cfg.query_space: bcfg.d_s,
+                     self.cfg.canonical_space: bcfg.d_c, self.cfg.item_space: bcfg.d_c}
+        self._set_encoders(encoders)
+
+    def configure_optimizers(self):
+        decay = [p for n, p in self.bridge.named_parameters() if p.requires_grad and n != "log_scale"]
+        groups = [{"params": decay, "weight_decay": self.optim.weight_decay}]
+        if self.bridge.log_scale.requires_grad:
+            groups.append({"params": [self.bridge.log_scale], "weight_decay": 0.0})
+        return torch.optim.AdamW(groups, lr=self.optim.lr)
+
+    def on_train_start(self) -> None:
+        if not bool(self.bridge.has_ref):  # the bridge at the start is what earlier vectors were made with
+            self.bridge.set_reference()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        s, c = self.pairs(batch)
+        loss, parts = self.bridge.loss(s, c)  # a collective under DDP, also for n = 0
+        # mean over ranks of the per-rank values is the global-batch loss
+        self.log("train/loss", loss.detach(), sync_dist=True, on_step=True, on_epoch=False)
+        self.log("train/logit_scale", parts["logit_scale"], on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        rep = self.bridge.drift()
+        if rep.value is not None and math.isfinite(rep.value):
+            self.log("train/drift_from_reference", rep.value)
