@@ -102,6 +102,21 @@ def accumulate(M: torch.Tensor, count: torch.Tensor | float, c: torch.Tensor, s:
     return M_t, count_t, new
 
 
+def accumulate_(stats: Stats, c: torch.Tensor, s: torch.Tensor, lam: float = 1.0) -> Stats:
+    """In-place ``accumulate`` on every field of ``stats`` (the hot path of the stateful bridge).
+
+    Same arithmetic as ``accumulate`` (``addmm_`` is ``beta * M + c^T s`` in one BLAS call),
+    without allocating a new (d_c, d_s) matrix per step. ``c``, ``s`` must already be checked.
+    """
+    c64, s64 = c.to(device=stats.M.device, dtype=ACC_DTYPE), s.to(device=stats.M.device, dtype=ACC_DTYPE)
+    stats.M.addmm_(c64.T, s64, beta=lam)  # (d_c, N) @ (N, d_s)
+    stats.weight.mul_(lam).add_(c.shape[0])
+    stats.sum_c.mul_(lam).add_(c64.sum(0))
+    stats.sum_s.mul_(lam).add_(s64.sum(0))
+    stats.sq_s.mul_(lam).add_((s64 * s64).sum())
+    return stats
+
+
 def decay_add(a: Stats, b: Stats, lam: float) -> Stats:
     """``lam * a + b`` field by field (used to merge a per-rank increment into the totals)."""
     return Stats(*(x * lam + y for x, y in zip(a, b)))

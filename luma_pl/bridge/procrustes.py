@@ -110,14 +110,18 @@ class StreamingProcrustes(nn.Module):
         """
         cfg = self.config
         F.check_pairs(c, s, cfg.d_c, cfg.d_s)
-        c, s = c.to(self.W.device), s.to(self.W.device)
         lam = cfg.lam
-        pend = self._stats("pending_")
-        M, weight, stats = F.accumulate(pend.M, pend.weight, c, s, lam, pend)
-        self._set_stats("pending_", stats)
-        if lam != 1.0:  # the merged totals age with every step too (see module docstring)
-            self._set_stats("total_", F.Stats(*(t * lam for t in self._stats("total_"))))
-        self.pairs_pending += c.shape[0]
+        if _dist_world() == 1 and cfg.sync_every == 1:
+            # single process, sync every step: pending would be exactly the batch term, so add it
+            # to the totals directly (same float operations, no extra (d_c, d_s) passes)
+            F.accumulate_(self._stats("total_"), c, s, lam)
+            self.pairs_total += c.shape[0]
+        else:
+            F.accumulate_(self._stats("pending_"), c, s, lam)
+            if lam != 1.0:  # the merged totals age with every step too (see module docstring)
+                for t in self._stats("total_"):
+                    t.mul_(lam)
+            self.pairs_pending += c.shape[0]
         self.steps += 1
         if int(self.steps) % cfg.sync_every != 0:
             return False
@@ -135,16 +139,24 @@ class StreamingProcrustes(nn.Module):
         initialised process group it only merges locally.
         """
         pend = self._stats("pending_")
+        if _dist_world() == 1:
+            if int(self.pairs_pending) == 0:  # nothing pending: the pending statistics are exactly 0
+                return
+            for total, p in zip(self._stats("total_"), pend):
+                total.add_(p)
+                p.zero_()
+            self.pairs_total += self.pairs_pending
+            self.pairs_pending.zero_()
+            return
+        # one all-reduce for everything: the statistics and the pair count, flattened (float64)
         flat = torch.cat([t.reshape(-1) for t in pend] + [self.pairs_pending.to(F.ACC_DTYPE).reshape(1)])
-        if _dist_world() > 1:
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-        parts, i = [], 0
-        for t in pend:
-            parts.append(flat[i : i + t.numel()].view_as(t))
-            i += t.numel()
-        self._set_stats("total_", F.Stats(*(a + b for a, b in zip(self._stats("total_"), parts))))
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        i = 0
+        for total, p in zip(self._stats("total_"), pend):
+            total.add_(flat[i : i + p.numel()].view_as(p))
+            p.zero_()
+            i += p.numel()
         self.pairs_total += int(round(float(flat[-1])))  # exact: float64 holds integers < 2**53
-        self._set_stats("pending_", F.zeros(self.config.d_c, self.config.d_s, self.W.device))
         self.pairs_pending.zero_()
 
     def refresh_due(self) -> bool:
