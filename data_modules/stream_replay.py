@@ -201,6 +201,18 @@ def _worker_init(_: int) -> None:
     limit_cpu_threads()
 
 
+def as_is(batch: dict) -> dict:
+    """The DataLoader's collate_fn: batches are already built (the default would walk every key string)."""
+    return batch
+
+
+def replay_dataloader(dataset: StreamReplayDataset, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over ``dataset`` with its own ``num_workers``: whole batches, no collation."""
+    k = dataset.cfg.num_workers
+    return DataLoader(dataset, batch_size=None, num_workers=k, collate_fn=as_is, pin_memory=pin_memory,
+                      worker_init_fn=_worker_init if k else None, persistent_workers=False)
+
+
 class StreamReplayDataModule(pl.LightningDataModule):
     """LightningDataModule over a shard folder; rank and world size come from the Trainer.
 
@@ -240,9 +252,7 @@ class StreamReplayDataModule(pl.LightningDataModule):
         if self.dataset is None:
             self.setup("fit")
         self.dataset.resume_batches = self._resume  # read by workers when the loader is iterated
-        k = self.cfg.num_workers
-        return DataLoader(self.dataset, batch_size=None, num_workers=k, pin_memory=self.cfg.pin_memory,
-                          worker_init_fn=_worker_init if k else None, persistent_workers=False)
+        return replay_dataloader(self.dataset, self.cfg.pin_memory)
 
     def mark_consumed(self, batch: dict) -> None:
         """Count one consumed batch (the hook below does this under a Trainer)."""

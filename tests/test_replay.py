@@ -26,6 +26,7 @@ import lightning.pytorch as pl  # noqa: E402
 from data_modules import ReplayConfig, ShardSetWriter, StreamReplayDataModule, StreamReplayDataset  # noqa: E402
 from data_modules.replay_plan import dataloader_order, plan_replay, resume_split  # noqa: E402
 from data_modules.shard_format import load_manifest  # noqa: E402
+from data_modules.stream_replay import replay_dataloader  # noqa: E402
 from luma_pl.threads import limit_cpu_threads  # noqa: E402
 
 limit_cpu_threads()
@@ -56,7 +57,7 @@ def make_uneven_shards(root: Path, sizes=SIZES, block_every: int = 2) -> list[st
 def loader_batches(root, rank=0, world=1, workers=0, batch_size=3, resume=0):
     ds = StreamReplayDataset(ReplayConfig(root=str(root), batch_size=batch_size, num_workers=workers),
                              rank, world, resume_batches=resume)
-    dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
+    dl = replay_dataloader(ds)
     out = list(dl)
     assert len(out) == len(ds) - resume == ds.batches_per_pass() - resume
     return out
