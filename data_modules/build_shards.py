@@ -115,7 +115,7 @@ def _embed(enc, path: Path, ext: str, caption: str | None) -> np.ndarray | None:
     if ext in AUDIO_EXTS and "audio" in enc.modalities:
         from luma_pl.media import load_audio
 
-        wave, _ = load_audio(path, sample_rate=enc.sample_rate)
+        wave = load_audio(path, enc.sample_rate, window_s=enc.audio_window_s)  # (T,) mono
         return enc.encode_audio([wave])[0].cpu().numpy()
     if caption and "text" in enc.modalities:
         return enc.encode_text([caption])[0].cpu().numpy()

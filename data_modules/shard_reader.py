@@ -46,12 +46,14 @@ class ReaderConfig(StrictConfig):
     """Decode ``jpg``/``png``/``flac``/``wav`` through ``luma_pl.media``; False keeps raw bytes."""
     chunk_events: int = 256
     """Event samples are gathered into columnar chunks of this many rows (blocks stay whole)."""
-    audio_sample_rate: int | None = None
-    """Resample decoded audio to this rate (Hz); None keeps the file's rate."""
+    audio_sample_rate: int = 48000
+    """Decoded audio is resampled to this rate in Hz (48 kHz: what CLAP expects)."""
 
     def validate(self) -> None:
         require(self.max_member_bytes > 0, "ReaderConfig", "max_member_bytes", self.max_member_bytes,
                 "use a positive byte count, e.g. 1 << 30")
+        require(self.audio_sample_rate > 0, "ReaderConfig", "audio_sample_rate", self.audio_sample_rate,
+                "use a positive rate in Hz, e.g. 48000")
         require(self.chunk_events > 0, "ReaderConfig", "chunk_events", self.chunk_events,
                 "use a positive row count, e.g. 256")
 
@@ -177,10 +179,10 @@ def _media(ext: str, data: bytes, key: str, cfg: ReaderConfig):
 
     try:
         if ext in IMAGE_EXTS:
-            return load_image(data)
+            return load_image(data, name=f"{key}.{ext}")
         if ext in AUDIO_EXTS:
-            wave, sr = load_audio(data, sample_rate=cfg.audio_sample_rate)
-            return np.asarray(wave, dtype=np.float32), int(sr)
+            wave = load_audio(data, cfg.audio_sample_rate, mono=True, name=f"{key}.{ext}")  # (T,)
+            return np.asarray(wave, dtype=np.float32), cfg.audio_sample_rate
     except MediaError as err:
         raise CorruptSample(f"{key}.{ext}: {err}") from err
     return data

@@ -271,6 +271,11 @@ class StreamReplayDataModule(pl.LightningDataModule):
             self.mark_consumed(batch)
         return batch
 
+    def metrics(self) -> dict[str, float]:
+        """Running totals to log, e.g. ``self.log_dict(self.trainer.datamodule.metrics())``."""
+        return {"replay/skipped_total": float(self.skipped_total), "replay/events_seen": float(self.events_seen),
+                "replay/batches_consumed": float(self.batches_consumed)}
+
     def state_dict(self) -> dict:
         return {"batches_consumed": self.batches_consumed, "events_seen": self.events_seen,
                 "skipped_total": self.skipped_total}

@@ -233,3 +233,46 @@ def test_writer_errors_name_the_argument(tmp_path):
     with pytest.raises(ValueError, match="d=3"):
         w.write_event(ts=2, emb={"s": np.ones(4)})
     w.close()
+
+
+def test_media_decoded_explicitly_and_corrupt_media_counted(tmp_path):
+    from PIL import Image
+    import soundfile as sf
+
+    img = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 10, 10)).save(img, format="PNG")
+    wav = io.BytesIO()
+    sf.write(wav, (np.sin(np.arange(4800) / 5) * 0.5).astype(np.float32), 48000, format="WAV")
+    with ShardSetWriter(tmp_path, "m", 10) as w:
+        w.write_event(ts=1, key="a", media={"png": img.getvalue(), "wav": wav.getvalue(), "txt": "red"})
+        w.write_event(ts=2, key="b", media={"png": b"\x89PNG not really"})
+        w.write_event(ts=3, key="c", media={"txt": "only text"})
+    batches = list(StreamReplayDataset(ReplayConfig(root=str(tmp_path), batch_size=4)))
+    (b,) = batches
+    assert b["key"] == ["a", "c"] and b["skipped"] == 1
+    assert b["media"]["png"][0].size == (8, 6) and b["media"]["png"][1] is None
+    wave, sr = b["media"]["wav"][0]
+    assert sr == 48000 and wave.dtype == np.float32 and wave.shape == (4800,)
+    assert b["media"]["txt"] == ["red", "only text"]
+
+
+def test_build_shards_folder_cli(tmp_path):
+    from data_modules.build_shards import main
+
+    src = tmp_path / "src"
+    (src / "cats").mkdir(parents=True)
+    (src / "dogs").mkdir()
+    (src / "cats" / "a.txt").write_text("a cat sleeps on the sofa")
+    (src / "dogs" / "b.txt").write_text("a dog runs in the park")
+    (src / "dogs" / "c.txt").write_text("a dog barks")
+    (src / "captions.jsonl").write_text('{"file": "dogs/c.txt", "ts": 99}\n')
+    assert main(["folder", "--src", str(src), "--out", str(tmp_path / "out"), "--encoders", "wordllama",
+                 "--events-per-shard", "2"]) == 0
+    m = load_manifest(tmp_path / "out")
+    assert m.spaces == {"wordllama": 256} and [s.events for s in m.shards] == [2, 1]
+    _, chunks, skips = _read_all(tmp_path / "out")
+    assert skips == []
+    assert [t for c in chunks for t in c.topics] == ["cats", "dogs", "dogs"]
+    assert np.concatenate([c.ts for c in chunks]).tolist() == [0, 1, 99]
+    v = np.concatenate([c.emb["wordllama"] for c in chunks])
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
