@@ -67,7 +67,7 @@ def test_hot_k_larger_than_items_pads():
     hot = HotTier(8, "hnsw", m=4)
     hot.add(np.array([7, 9]), unit(np.random.default_rng(2), 2, 8))
     s, i = hot.search(unit(np.random.default_rng(3), 1, 8), 5)
-    assert sorted(i[0, :2].tolist()) == [7, 9] and (i[0, 2:] == -1).all() and np.isneginf(s[0, 2:]).all()
+    assert i.shape == (1, 2) and sorted(i[0].tolist()) == [7, 9]  # kk = min(k, live items)
 
 
 def small_warm_cfg(**kw):

@@ -135,17 +135,15 @@ class HotTier:
         return np.array(self.all_vectors()[rows], dtype=np.float32)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k over live rows: scores (Q, k) float32 and ids (Q, k) int64, -1 / -inf padded."""
+        """Top-k over live rows: scores (Q, kk) float32 and ids (Q, kk) int64 with kk = min(k, live),
+        -1 / -inf where the index found fewer."""
         nq = len(queries)
         kk = min(k, len(self.row_of))
-        scores = np.full((nq, k), -np.inf, dtype=np.float32)
-        ids = np.full((nq, k), -1, dtype=np.int64)
         if kk == 0 or nq == 0:
-            return scores, ids
+            return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
         if self.tombstones == 0:
             if self.backend == "hnsw" and self.index.hnsw.efSearch < kk:
-                params = faiss.SearchParametersHNSW(efSearch=kk)
-                d, i = self.index.search(queries, kk, params=params)
+                d, i = self.index.search(queries, kk, params=faiss.SearchParametersHNSW(efSearch=kk))
             else:
                 d, i = self.index.search(queries, kk)
         else:  # only HNSW keeps tombstones; filter them with a bitmap of live rows
@@ -155,9 +153,9 @@ class HotTier:
             params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(self.ef_search, kk))
             d, i = self.index.search(queries, kk, params=params)
         found = i >= 0
-        scores[:, :kk] = np.where(found, d, -np.inf)
-        ids[:, :kk] = np.where(found, self.ids[np.where(found, i, 0)], -1)
-        return scores, ids
+        if found.all():
+            return d, self.ids[i]
+        return np.where(found, d, -np.inf).astype(np.float32), np.where(found, self.ids[np.where(found, i, 0)], -1)
 
     # -- persistence ---------------------------------------------------------------------------
     def index_bytes(self) -> np.ndarray:

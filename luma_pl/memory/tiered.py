@@ -87,8 +87,8 @@ class TieredMemory:
             want = f"({n if n is not None else 'n'}, {self.cfg.dim})"
             raise ValueError(f"{name} must have shape {want}, got {x.shape}")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        bad = ~np.isfinite(x).all(axis=1)
-        if bad.any():
+        if not np.isfinite(x).all():
+            bad = ~np.isfinite(x).all(axis=1)
             raise ValueError(f"{name} row {int(np.flatnonzero(bad)[0])} has NaN or inf values")
         if unit and len(x):
             norms = np.linalg.norm(x, axis=1)
@@ -313,28 +313,45 @@ class TieredMemory:
         if os_ < 1:
             raise ValueError(f"oversample={oversample} is invalid; use >= 1")
         kw = k * os_ if rescore else k
-        hs, hk = self.hot.search(q, k)
-        ws, wk = self.warm.search_ivf(q, kw)
-        wz = np.zeros(ws.shape, dtype=np.float32)
-        valid = wk >= 0
-        if rescore and valid.any():
-            flat = np.where(valid, wk, 0)
-            exact = np.einsum("qd,qkd->qk", q, self.originals.get(flat.ravel()).reshape(*flat.shape, -1))
-            ws = np.where(valid, exact, -np.inf).astype(np.float32)
-        elif valid.any():
-            wz = np.where(valid, self.zeta[np.where(valid, wk, 0)], 0).astype(np.float32)
-        bs, bk = self.warm.search_buffer(q, k)
-        scores = np.concatenate([hs, ws, bs], axis=1)
-        keys = np.concatenate([hk, wk, bk], axis=1)
-        tiers = np.concatenate([np.full(hk.shape, HOT, np.int8), np.full(wk.shape, WARM, np.int8),
-                                np.full(bk.shape, BUFFER, np.int8)], axis=1)
-        zeta = np.concatenate([np.zeros(hk.shape, np.float32), wz, np.zeros(bk.shape, np.float32)], axis=1)
+        # candidate parts (scores (Q, c), keys (Q, c), tier code, zeta (Q, c) or None); empty tiers skipped
+        parts = []
+        if len(self.hot):
+            hs, hk = self.hot.search(q, k)
+            parts.append((hs, hk, HOT, None))
+        if self.warm.ivf_count:
+            ws, wk = self.warm.search_ivf(q, kw)
+            valid = wk >= 0
+            safe = np.where(valid, wk, 0)
+            if rescore:  # exact scores from the originals: these hits carry zeta 0
+                exact = np.einsum("qd,qkd->qk", q, self.originals.get(safe.ravel()).reshape(*safe.shape, -1))
+                ws = np.where(valid, exact, -np.inf).astype(np.float32)
+                parts.append((ws, wk, WARM, None))
+            else:
+                parts.append((ws, wk, WARM, np.where(valid, self.zeta[safe], 0).astype(np.float32)))
+        if len(self.warm.buf_ids):
+            bs, bk = self.warm.search_buffer(q, k)
+            parts.append((bs, bk, BUFFER, None))
+        nq = len(q)
+        if not parts:
+            return SearchResult(np.full((nq, k), -1, np.int64), np.full((nq, k), -np.inf, np.float32),
+                                np.full((nq, k), -1, np.int8), np.zeros((nq, k), np.float32), self.zeta_max)
+        scores = np.concatenate([p[0] for p in parts], axis=1)
+        keys = np.concatenate([p[1] for p in parts], axis=1)
+        tiers = np.concatenate([np.full(p[1].shape, p[2], np.int8) for p in parts], axis=1)
+        zeta = np.concatenate([p[3] if p[3] is not None else np.zeros(p[1].shape, np.float32) for p in parts], axis=1)
+        if scores.shape[1] < k:  # fewer candidates than k: pad
+            pad = k - scores.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            keys = np.pad(keys, ((0, 0), (0, pad)), constant_values=-1)
+            tiers = np.pad(tiers, ((0, 0), (0, pad)), constant_values=-1)
+            zeta = np.pad(zeta, ((0, 0), (0, pad)))
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        scores = np.take_along_axis(scores, top, 1)
-        keys = np.take_along_axis(keys, top, 1)
+        row = np.arange(nq)[:, None]
+        scores, keys, tiers, zeta = scores[row, top], keys[row, top], tiers[row, top], zeta[row, top]
         found = keys >= 0
-        tiers = np.where(found, np.take_along_axis(tiers, top, 1), -1).astype(np.int8)
-        zeta = np.where(found, np.take_along_axis(zeta, top, 1), 0).astype(np.float32)
+        if not found.all():
+            tiers[~found] = -1
+            zeta[~found] = 0
         ids = np.where(found, self.ids[np.where(found, keys, 0)], -1)
         if record_hits and found.any():
             self.counters["tick"] += 1

@@ -157,6 +157,8 @@ class WarmTier:
         if self.index is None or self.ivf_count == 0 or k == 0:
             return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
         d, i = self.index.search(queries, k)
+        if (i >= 0).all():
+            return d, i
         return np.where(i >= 0, d, -np.inf).astype(np.float32), i
 
     def search_buffer(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
