@@ -130,13 +130,14 @@ def make_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=f"build shards from the {name} source")
         s.add_argument("--out", required=True, help="output folder for <name>-%%06d.tar + manifest.json")
         s.add_argument("--name", default=name, help="shard base name (default: %(default)s)")
-        s.add_argument("--events-per-shard", type=int, default=8192, help="events per shard (default: %(default)s)")
+        s.add_argument("--events-per-shard", type=int, default=512 if name == "demo" else 8192,
+                       help="events per shard (default: %(default)s); replay needs >= ranks x workers shards")
         s.add_argument("--device", default="cpu", help="encoder device: cpu, cuda, cuda:<i>")
         if name == "demo":
             s.add_argument("--packages", nargs="+", default=["numpy", "scipy"], help="packages to walk")
             s.add_argument("--max-items", type=int, default=None, help="keep at most N items")
             s.add_argument("--cache-dir", default=None, help="corpus cache root (default ~/.cache/luma_pl)")
-            s.add_argument("--block-events", type=int, default=1024, help="events per block sample")
+            s.add_argument("--block-events", type=int, default=256, help="events per block sample (default: %(default)s)")
         else:
             s.add_argument("--src", required=True, help="folder of images/audio/.txt (+ captions.jsonl|csv)")
             s.add_argument("--encoders", nargs="+", default=["minilm", "wordllama"],

@@ -114,8 +114,8 @@ def build_demo_corpus(cfg: DemoCorpusConfig | None = None, encoders: dict | None
     for space in cfg.spaces:
         enc = (encoders or {}).get(space) or _build_encoder(space, cfg)
         t1 = time.perf_counter()
-        emb[space] = enc.encode_text(texts.item_text, batch_size=cfg.batch_size).cpu().numpy()
-        emb[f"query_{space}"] = enc.encode_text(texts.query_text, batch_size=cfg.batch_size).cpu().numpy()
+        emb[space] = _encode_by_length(enc, texts.item_text, cfg.batch_size)
+        emb[f"query_{space}"] = _encode_by_length(enc, texts.query_text, cfg.batch_size)
         report["embed_s"][space] = round(time.perf_counter() - t1, 3)
     report["build_s"] = round(time.perf_counter() - t0, 3)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
@@ -131,6 +131,16 @@ def build_demo_corpus(cfg: DemoCorpusConfig | None = None, encoders: dict | None
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
     return _load(folder, cfg, hit=False)
+
+
+def _encode_by_length(enc, texts: list[str], batch_size: int) -> np.ndarray:
+    """``(n, d)`` in input order, encoded in length order: a batch pads to its longest text, so
+    mixing one 600-character docstring with short ones multiplies a transformer's work."""
+    order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
+    out = enc.encode_text([texts[i] for i in order], batch_size=batch_size).cpu().numpy()
+    res = np.empty_like(out)
+    res[order] = out
+    return res
 
 
 def _build_encoder(space: str, cfg: DemoCorpusConfig):
