@@ -80,6 +80,26 @@ def test_training_rescoring_zeta_and_warm_eviction(rng):
     m.close()
 
 
+def test_memory_retrains_on_zeta_drift(rng):
+    m = TieredMemory(cfg(hot_max_items=0, pq_nbits=6, train_points_per_centroid=5, zeta_window=32, warm_max_items=2000))
+    sub = np.zeros((320, D), np.float32)  # training data on a 4-d subspace ...
+    sub[:, :4] = rng.standard_normal((320, 4))
+    sub /= np.linalg.norm(sub, axis=1, keepdims=True)
+    m.insert(np.arange(320), sub)
+    assert m.warm.trained and m.stats()["retrains"] == 0
+    zmax_before = m.zeta_max
+    m.insert(np.arange(1000, 1400), unit(rng, 400))  # ... then the full space: PQ error jumps
+    assert m.stats()["retrains"] >= 1 and m.warm.trainings >= 2
+    m.audit()
+    assert m.zeta_max > 0 and zmax_before >= 0
+    m.close()
+
+
+def test_config_rejects_nlist_whose_training_buffer_cannot_fit():
+    with pytest.raises(ValueError, match="training needs"):
+        MemoryConfig(dim=512, warm_max_items=100_000, warm_max_bytes=1 << 20, nlist=100).validate()
+
+
 def test_promote_demote_evict_and_hits(rng):
     m = TieredMemory(cfg())
     x = unit(rng, 100)

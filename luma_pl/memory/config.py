@@ -96,6 +96,11 @@ class MemoryConfig(StrictConfig):
         require(self.zeta_window >= 1, o, "zeta_window", self.zeta_window, "use >= 1")
         require(self.oversample >= 1, o, "oversample", self.oversample, "use >= 1 (1 = no rescoring)")
         require(self.promote_min_hits >= 1, o, "promote_min_hits", self.promote_min_hits, "use >= 1")
+        need = self.train_size() * (self.dim * 4 + 12)
+        require(self.nlist == 0 or self.train_size() > self.warm_max_items or need <= self.warm_max_bytes,
+                o, "nlist", self.nlist,
+                f"training needs {self.train_size()} buffered vectors ({need} bytes) but warm_max_bytes="
+                f"{self.warm_max_bytes}; lower nlist, use nlist=0, or raise warm_max_bytes")
 
     def resolved_nlist(self) -> int:
         """IVF list count: the configured one, else ~4*sqrt(warm_max_items) bounded so training fits.
