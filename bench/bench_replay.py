@@ -25,8 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_modules import ReplayConfig, ShardSetWriter, StreamReplayDataset, write_blocks  # noqa: E402
-from data_modules.stream_replay import replay_dataloader  # noqa: E402
 from data_modules.shard_format import load_manifest  # noqa: E402
+from data_modules.stream_replay import replay_dataloader  # noqa: E402
 from luma_pl.threads import limit_cpu_threads  # noqa: E402
 
 

@@ -31,7 +31,6 @@ from .shard_format import (
     BLOCK_MARKER,
     IMAGE_EXTS,
     REFUSED_EXTS,
-    space_of,
     split_member_name,
 )
 

@@ -236,8 +236,8 @@ def test_writer_errors_name_the_argument(tmp_path):
 
 
 def test_media_decoded_explicitly_and_corrupt_media_counted(tmp_path):
-    from PIL import Image
     import soundfile as sf
+    from PIL import Image
 
     img = io.BytesIO()
     Image.new("RGB", (8, 6), (200, 10, 10)).save(img, format="PNG")
