@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from luma_pl.bridge import ProcrustesConfig, StreamingProcrustes
+from luma_pl.bridge import StreamingProcrustes
 from luma_pl.bridge import functional as F
 from luma_pl.configuration import ConfigError
 from luma_pl.threads import limit_cpu_threads

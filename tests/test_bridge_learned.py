@@ -115,7 +115,7 @@ def test_training_aligns_a_rotation():
     # the parametrisation moves within one connected component of O(n): pick R on the same side
     if float(torch.linalg.det(R) * torch.linalg.det(model.net.weight.detach())) < 0:
         R[:, 0] = -R[:, 0]
-    for step in range(150):
+    for _step in range(150):
         s = torch.randn(64, 8)
         model.fit_step(s, s @ R.T)
     s = torch.nn.functional.normalize(torch.randn(200, 8), dim=-1)

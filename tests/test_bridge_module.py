@@ -169,3 +169,40 @@ def test_raw_media_path_encodes_on_the_fly():
     assert s.shape == (2, D_S) and c.shape == (2, D_C)
     with pytest.raises(ValueError, match="encoders has"):
         ProcrustesBridgeModule(bridge=dict(d_s=D_S, d_c=D_C), module=dict(media_keys={"minilm": "txt"}))
+
+
+class RankShard(SyntheticStream):
+    """Rank r replays batches r, r + 2, ... (the replay datamodule splits a stream the same way)."""
+
+    def __iter__(self):
+        import torch.distributed as dist
+
+        for i in range(dist.get_rank(), self.n, 2):
+            yield self.batch(i)
+
+    def __len__(self) -> int:
+        return self.n // 2
+
+
+@pytest.mark.ddp
+def test_procrustes_module_two_rank_lightning_ddp_equals_one_process(tmp_path):
+    from luma_pl.bridge import StreamingProcrustes
+    from luma_pl.modules import ClosedFormDDPStrategy
+
+    cfg = dict(d_s=D_S, d_c=D_C, refresh_every=25, lam=0.97, center=True)
+    model = ProcrustesBridgeModule(bridge=cfg)
+    trainer = Trainer(accelerator="cpu", devices=2, strategy=ClosedFormDDPStrategy(start_method="spawn"),
+                      max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False,
+                      default_root_dir=tmp_path)
+    trainer.fit(model, train_dataloaders=RankShard(12), val_dataloaders=RankShard(4, seed=9))
+    # one process, global step t = batches 2t and 2t+1 together
+    single, stream = StreamingProcrustes(**cfg), SyntheticStream(12)
+    for t in range(6):
+        parts = [stream.batch(2 * t + r) for r in (0, 1)]
+        both = [b["has"]["wordllama"] & b["has"]["minilm"] for b in parts]
+        single.fit_step(torch.cat([b["emb"]["wordllama"][m] for b, m in zip(parts, both, strict=False)]),
+                        torch.cat([b["emb"]["minilm"][m] for b, m in zip(parts, both, strict=False)]))
+    assert int(model.bridge.refreshes) == int(single.refreshes) >= 3
+    assert float((model.bridge.W - single.W).abs().max()) <= 1e-9
+    assert float(trainer.callback_metrics["val/queries"]) > 20  # both ranks' queries were scored

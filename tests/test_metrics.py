@@ -16,7 +16,7 @@ from luma_pl.metrics import functional as F
 def _np_reference(scores: np.ndarray, rel: np.ndarray, k: int) -> dict[str, float]:
     """Loop-by-loop definitions (see DESIGN.md section 7); rel holds gains."""
     out = {m: [] for m in F.METRICS}
-    for s, g in zip(scores, rel):
+    for s, g in zip(scores, rel, strict=False):
         order = sorted(range(len(s)), key=lambda i: (-s[i], i))[:k]
         R = {i for i in range(len(g)) if g[i] > 0}
         hits = [i for i in order if i in R]
@@ -72,7 +72,7 @@ def test_against_numpy_reference_graded(k):
 @pytest.mark.parametrize("k", [1, 5, 10])
 def test_against_torchmetrics_retrieval(k):
     g = torch.Generator().manual_seed(k)
-    Q, I = 30, 20
+    Q, I = 30, 20  # noqa: E741 - queries x items
     # continuous (no ties, where tie rules differ) and positive: torchmetrics 1.9's recall counts
     # only items with score > 0 as retrieved, a threshold our cosine scores must not have
     scores = torch.rand(Q, I, generator=g) + 1e-3

@@ -38,5 +38,5 @@ def gather_rows(x: torch.Tensor, with_grad: bool = False, group=None) -> tuple[t
         parts = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded.contiguous(), group=group)
         parts[rank] = padded  # keep the local slot in the autograd graph (open_clip's trick)
-    rows = torch.cat([p[:k] for p, k in zip(parts, sizes)])
+    rows = torch.cat([p[:k] for p, k in zip(parts, sizes, strict=False)])
     return rows, sum(sizes[:rank]), sizes

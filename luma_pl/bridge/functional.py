@@ -119,7 +119,7 @@ def accumulate_(stats: Stats, c: torch.Tensor, s: torch.Tensor, lam: float = 1.0
 
 def decay_add(a: Stats, b: Stats, lam: float) -> Stats:
     """``lam * a + b`` field by field (used to merge a per-rank increment into the totals)."""
-    return Stats(*(x * lam + y for x, y in zip(a, b)))
+    return Stats(*(x * lam + y for x, y in zip(a, b, strict=False)))
 
 
 def centred_cross(stats: Stats, center: bool) -> torch.Tensor:

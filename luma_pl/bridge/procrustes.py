@@ -84,7 +84,7 @@ class StreamingProcrustes(nn.Module):
         d_c, d_s = config.d_c, config.d_s
         f64 = dict(dtype=F.ACC_DTYPE)
         for prefix in ("total_", "pending_"):
-            for name, t in zip(_STATS, F.zeros(d_c, d_s)):
+            for name, t in zip(_STATS, F.zeros(d_c, d_s), strict=False):
                 self.register_buffer(prefix + name, t)
         for name in ("W", "A", "A_prev", "A_ref"):
             self.register_buffer(name, torch.zeros(d_c, d_s, **f64))
@@ -98,7 +98,7 @@ class StreamingProcrustes(nn.Module):
         return F.Stats(*(getattr(self, prefix + n) for n in _STATS))
 
     def _set_stats(self, prefix: str, stats: F.Stats) -> None:
-        for n, t in zip(_STATS, stats):
+        for n, t in zip(_STATS, stats, strict=False):
             getattr(self, prefix + n).copy_(t)
 
     @torch.no_grad()
@@ -142,7 +142,7 @@ class StreamingProcrustes(nn.Module):
         if _dist_world() == 1:
             if int(self.pairs_pending) == 0:  # nothing pending: the pending statistics are exactly 0
                 return
-            for total, p in zip(self._stats("total_"), pend):
+            for total, p in zip(self._stats("total_"), pend, strict=False):
                 total.add_(p)
                 p.zero_()
             self.pairs_total += self.pairs_pending
@@ -152,7 +152,7 @@ class StreamingProcrustes(nn.Module):
         flat = torch.cat([t.reshape(-1) for t in pend] + [self.pairs_pending.to(F.ACC_DTYPE).reshape(1)])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
         i = 0
-        for total, p in zip(self._stats("total_"), pend):
+        for total, p in zip(self._stats("total_"), pend, strict=False):
             total.add_(flat[i : i + p.numel()].view_as(p))
             p.zero_()
             i += p.numel()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 
 from luma_pl.bridge.procrustes import ProcrustesConfig, StreamingProcrustes
 from luma_pl.modules.common import BridgeModuleBase, BridgeModuleConfig, as_config
@@ -64,3 +65,19 @@ class ProcrustesBridgeModule(BridgeModuleBase):
         # so this collective is joined by all; merging early only reorders float additions.
         if self.bridge.config.sync_every > 1:
             self.bridge.sync_increment()
+
+
+
+class ClosedFormDDPStrategy(DDPStrategy):
+    """Lightning DDP for modules with no trainable parameters (ProcrustesBridgeModule).
+
+    torch's DistributedDataParallel refuses a module without gradients, and there are none to
+    synchronise: the bridge does its own all-reduce. This sets up the process group, samplers and
+    collectives exactly as DDP does and only skips the wrapper for such a module.
+    Usage: ``Trainer(strategy=ClosedFormDDPStrategy(start_method="spawn"), devices=2)``.
+    """
+
+    def _setup_model(self, model):
+        if any(p.requires_grad for p in model.parameters()):
+            return super()._setup_model(model)
+        return model
