@@ -102,7 +102,7 @@ def latencies(fn, queries: np.ndarray) -> np.ndarray:
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found.tolist(), truth.tolist())]))
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found.tolist(), truth.tolist(), strict=True)]))
 
 
 def exact_topk(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
@@ -169,7 +169,6 @@ def main() -> None:
     print(f"items   hot {s['hot']} warm {s['warm']} buffer {s['buffer']} evicted {s['evicted']}  zeta_max {s['zeta_max']:.3f}")
     mem.audit()
     mem.close()
-    del raw
 
     if args.sweep_n:
         sweep(args, rng, centres)

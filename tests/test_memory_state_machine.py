@@ -65,7 +65,7 @@ class MemoryMachine(RuleBasedStateMachine):
         x = unit(seed * 100_003 + self.next_id, n)  # distinct per id: equal vectors would tie
         self.mem.insert(ids, x, tier=tier)
         self.next_id += n
-        self.vectors.update(zip(ids.tolist(), x))
+        self.vectors.update(zip(ids.tolist(), x, strict=True))
 
     @precondition(lambda self: self.vectors)
     @rule(data=st.data(), seed=st.integers(0, 2**31))

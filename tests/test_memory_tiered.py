@@ -5,7 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from luma_pl.memory import BUFFER, HOT, WARM, MemoryConfig, TieredMemory, from_state_dict, load, save, state_dict
+from luma_pl.memory import (
+    BUFFER,
+    HOT,
+    WARM,
+    MemoryConfig,
+    TieredMemory,
+    from_state_dict,
+    load,
+    save,
+    state_dict,
+)
 from luma_pl.threads import limit_cpu_threads
 
 limit_cpu_threads()

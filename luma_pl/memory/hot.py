@@ -93,7 +93,7 @@ class HotTier:
         self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         self.ids = np.concatenate([self.ids, ids.astype(np.int64)])
         self.live = np.concatenate([self.live, np.ones(len(ids), dtype=bool)])
-        self.row_of.update(zip(ids.tolist(), range(start, start + len(ids))))
+        self.row_of.update(zip(ids.tolist(), range(start, start + len(ids)), strict=True))
         self._bitmap = None
 
     def remove(self, ids: np.ndarray) -> None:

@@ -70,7 +70,7 @@ def _restore(memory: TieredMemory, arrays: dict[str, np.ndarray], meta: dict) ->
     for name in ("ids", "locations", "hits", "last_access", "zeta"):
         getattr(memory, name)[:n] = arrays[name]
     live = np.flatnonzero(arrays["locations"] < 4)
-    memory.key_of = dict(zip(arrays["ids"][live].tolist(), live.tolist()))
+    memory.key_of = dict(zip(arrays["ids"][live].tolist(), live.tolist(), strict=True))
     memory.counters = {k: int(v) for k, v in meta["counters"].items()}
     memory.hot.restore(arrays["hot_index"], arrays["hot_ids"], arrays["hot_live"], meta["hot_rebuilds"])
     memory.warm.restore(arrays["warm_index"], arrays["warm_buf_ids"], arrays["warm_buf_vecs"],

@@ -20,7 +20,16 @@ import numpy as np
 from luma_pl.memory.config import MemoryConfig
 from luma_pl.memory.hot import HotTier
 from luma_pl.memory.originals import OriginalsStore
-from luma_pl.memory.policy import BUFFER, EVICTED, HOT, REPLACED, TIER_NAMES, WARM, AdmissionPolicy, NewestFirstLRU
+from luma_pl.memory.policy import (
+    BUFFER,
+    EVICTED,
+    HOT,
+    REPLACED,
+    TIER_NAMES,
+    WARM,
+    AdmissionPolicy,
+    NewestFirstLRU,
+)
 from luma_pl.memory.warm import WarmTier
 
 _NORM_TOL = 1e-3
@@ -160,7 +169,7 @@ class TieredMemory:
         self.ids[keys] = ids
         self.hits[keys] = 0
         self.last_access[keys] = self.counters["tick"]
-        self.key_of.update(zip(ids.tolist(), keys.tolist()))
+        self.key_of.update(zip(ids.tolist(), keys.tolist(), strict=True))
         self.counters["inserted"] += len(ids)
         if tier is None:
             to_hot = np.asarray(self.policy.admit_hot(self, keys, x), dtype=bool)

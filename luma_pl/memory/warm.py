@@ -82,7 +82,7 @@ class WarmTier:
             start = len(self.buf_ids)
             self.buf_vecs = np.concatenate([self.buf_vecs, vectors.astype(np.float32)])
             self.buf_ids = np.concatenate([self.buf_ids, ids.astype(np.int64)])
-            self._buf_pos.update(zip(ids.tolist(), range(start, start + len(ids))))
+            self._buf_pos.update(zip(ids.tolist(), range(start, start + len(ids)), strict=True))
             return np.zeros(len(ids), dtype=np.float32)
         return self._encode_add(ids, vectors)
 
