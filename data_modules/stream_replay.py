@@ -222,8 +222,11 @@ class StreamReplayDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, root: str = "", batch_size: int = 256, num_workers: int = 0, drop_last: bool = False,
-                 reader: dict | None = None, pin_memory: bool = False, config: ReplayConfig | None = None):
+                 reader: dict | None = None, pin_memory: bool = False, config: ReplayConfig | None = None,
+                 val_root: str | None = None):
         super().__init__()
+        # validation replays a whole stream (default: the training one) from its start, never resumed
+        self.val_root = str(val_root) if val_root else None
         self.cfg = config or ReplayConfig.from_dict(dict(
             root=str(root), batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
             reader=ReaderConfig.from_dict(reader or {}), pin_memory=pin_memory))
@@ -253,6 +256,14 @@ class StreamReplayDataModule(pl.LightningDataModule):
             self.setup("fit")
         self.dataset.resume_batches = self._resume  # read by workers when the loader is iterated
         return replay_dataloader(self.dataset, self.cfg.pin_memory)
+
+    def val_dataloader(self) -> DataLoader:
+        cfg = ReplayConfig.from_dict({**self.cfg.to_dict(), "reader": self.cfg.reader,
+                                      "root": self.val_root or self.cfg.root})
+        rank, world = self._rank_world()
+        if not Path(cfg.root).is_dir():
+            raise FileNotFoundError(f"val_root={cfg.root!r} is not a folder; point it at the validation shard folder")
+        return replay_dataloader(StreamReplayDataset(cfg, rank, world), cfg.pin_memory)
 
     def mark_consumed(self, batch: dict) -> None:
         """Count one consumed batch (the hook below does this under a Trainer)."""

@@ -1,0 +1,1 @@
+"""Lightning callbacks, one per file: memory checkpointing, admission, tier migration, Safe@k logging."""
