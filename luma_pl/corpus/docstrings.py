@@ -94,7 +94,7 @@ class DocstringCorpus:
 
 def first_paragraph(doc: str | None, max_chars: int = 600) -> str:
     """The first paragraph that is prose (not a signature line), whitespace collapsed; '' if none."""
-    if not doc:
+    if not isinstance(doc, str) or not doc:  # some classes expose __doc__ as a property object
         return ""
     for para in inspect.cleandoc(doc).split("\n\n"):
         text = _WS_RE.sub(" ", para).strip()
