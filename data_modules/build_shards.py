@@ -5,7 +5,9 @@
 ``folder``: a folder of media (images, audio, ``.txt`` captions) with an optional sidecar
 (``captions.jsonl``: ``{"file": "a/b.jpg", "caption": "...", "ts": 17}`` per line, or ``captions.csv``
 with columns ``file,caption[,ts]``), embedded by the chosen frozen encoders into per-event samples.
-Topic = first sub-folder; ts = sidecar value, else the rank in sorted path order.
+Entries: `<space>` = the image or audio by that encoder's own tower, `<space>_text` = the caption by its
+text tower (the anchor pairs). Topic = first sub-folder; ts = sidecar value, else the rank in sorted
+path order. A file that cannot be decoded is skipped, named and counted in the report.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from luma_pl.media import MediaError
 from luma_pl.threads import limit_cpu_threads
 
 from .shard_format import AUDIO_EXTS, IMAGE_EXTS
@@ -79,6 +82,7 @@ def build_folder(args: argparse.Namespace) -> dict:
     encoders = [build_encoder(EncoderConfig.from_dict(json.loads(e)) if e.startswith("{")
                               else EncoderConfig(kind=e, device=args.device)) for e in args.encoders]
     t0 = time.perf_counter()
+    skipped: list[dict] = []  # files that could not be decoded: counted and named, never silent
     with ShardSetWriter(args.out, args.name, args.events_per_shard) as writer:
         for rank, path in enumerate(files):
             rel = path.relative_to(src).as_posix()
@@ -90,11 +94,12 @@ def build_folder(args: argparse.Namespace) -> dict:
             if ext == "txt":
                 caption = path.read_text(encoding="utf-8").strip()
             topic = rel.split("/")[0] if "/" in rel else ""
-            emb = {}
-            for enc in encoders:
-                vec = _embed(enc, path, ext, caption)
-                if vec is not None:
-                    emb[enc.space] = vec
+            try:
+                emb = _embed_event(encoders, path, ext, caption)
+            except MediaError as err:
+                skipped.append({"file": rel, "reason": str(err)})
+                print(f"skipped {rel}: {err}", file=sys.stderr)
+                continue
             media = {} if ext == "txt" else {("jpg" if ext == "jpeg" else ext): path.read_bytes()}
             if caption:
                 media["txt"] = caption
@@ -103,23 +108,26 @@ def build_folder(args: argparse.Namespace) -> dict:
                                emb=emb, media=media)
     manifest = writer.close()
     return {"events": manifest.total_events, "shards": len(manifest.shards), "spaces": manifest.spaces,
-            "media": manifest.media, "seconds": round(time.perf_counter() - t0, 3), "out": str(args.out)}
+            "media": manifest.media, "skipped": skipped, "seconds": round(time.perf_counter() - t0, 3), "out": str(args.out)}
 
 
-def _embed(enc, path: Path, ext: str, caption: str | None) -> np.ndarray | None:
-    """``(d,)`` float32 with the encoder's own modality for the file, else its text tower on the caption."""
-    if ext in IMAGE_EXTS and "image" in enc.modalities:
-        from luma_pl.media import load_image
+def _embed_event(encoders: list, path: Path, ext: str, caption: str | None) -> dict[str, np.ndarray]:
+    """Entries ``<space>`` (the file's image/audio by that encoder's own tower) and ``<space>_text``
+    (the caption by its text tower): a caption embedded by both CLAP-text and CLIP-text is exactly
+    the anchor pair the bridge learns from. Each value is ``(d,)`` float32, unit norm."""
+    from luma_pl.media import load_audio, load_image
 
-        return enc.encode_image([load_image(path)])[0].cpu().numpy()
-    if ext in AUDIO_EXTS and "audio" in enc.modalities:
-        from luma_pl.media import load_audio
-
-        wave = load_audio(path, enc.sample_rate, window_s=enc.audio_window_s)  # (T,) mono
-        return enc.encode_audio([wave])[0].cpu().numpy()
-    if caption and "text" in enc.modalities:
-        return enc.encode_text([caption])[0].cpu().numpy()
-    return None
+    image = load_image(path) if ext in IMAGE_EXTS else None  # MediaError names the file
+    emb: dict[str, np.ndarray] = {}
+    for enc in encoders:
+        if image is not None and "image" in enc.modalities:
+            emb[enc.space] = enc.encode_image([image])[0].cpu().numpy()
+        if ext in AUDIO_EXTS and "audio" in enc.modalities:
+            wave = load_audio(path, enc.sample_rate, window_s=enc.audio_window_s)  # (T,) mono at the model rate
+            emb[enc.space] = enc.encode_audio([wave])[0].cpu().numpy()
+        if caption and "text" in enc.modalities:
+            emb[f"{enc.space}_text"] = enc.encode_text([caption])[0].cpu().numpy()
+    return emb
 
 
 def make_parser() -> argparse.ArgumentParser:

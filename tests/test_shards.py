@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from data_modules import (
     ReaderConfig,
@@ -269,10 +270,66 @@ def test_build_shards_folder_cli(tmp_path):
     assert main(["folder", "--src", str(src), "--out", str(tmp_path / "out"), "--encoders", "wordllama",
                  "--events-per-shard", "2"]) == 0
     m = load_manifest(tmp_path / "out")
-    assert m.spaces == {"wordllama": 256} and [s.events for s in m.shards] == [2, 1]
+    assert m.spaces == {"wordllama_text": 256} and [s.events for s in m.shards] == [2, 1]
     _, chunks, skips = _read_all(tmp_path / "out")
     assert skips == []
     assert [t for c in chunks for t in c.topics] == ["cats", "dogs", "dogs"]
     assert np.concatenate([c.ts for c in chunks]).tolist() == [0, 1, 99]
-    v = np.concatenate([c.emb["wordllama"] for c in chunks])
+    v = np.concatenate([c.emb["wordllama_text"] for c in chunks])
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+
+
+def test_build_shards_folder_media_with_tiny_clip_and_clap(tmp_path):
+    """Images and audio with captions -> CLIP image / CLAP audio entries plus both text towers on
+    the caption (the anchor pair); a corrupt image is skipped, named and counted, not fatal."""
+    import json as _json
+
+    import soundfile as sf
+    from PIL import Image, ImageDraw
+    from tiny_encoders import TINY_CLIP, tiny_clap_folder
+
+    from data_modules.build_shards import main
+    from luma_pl.encoders import ClapEncoder, OpenClipEncoder
+    from luma_pl.media import load_audio, load_image
+
+    src = tmp_path / "src"
+    (src / "pics").mkdir(parents=True)
+    (src / "sounds").mkdir()
+    img = Image.new("RGB", (48, 40), (200, 30, 30))
+    ImageDraw.Draw(img).ellipse((5, 5, 30, 30), fill=(255, 255, 0))
+    img.save(src / "pics" / "sun.png")
+    (src / "pics" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    t = np.arange(44100) / 44100
+    sf.write(src / "sounds" / "tone.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 44100)
+    (src / "captions.jsonl").write_text(
+        '{"file": "pics/sun.png", "caption": "a bird sings"}\n{"file": "sounds/tone.wav", "caption": "piano music"}\n')
+    clap_dir = tiny_clap_folder(tmp_path / "clap", fusion=False)
+    torch.manual_seed(0)
+    clip = OpenClipEncoder(model_cfg=TINY_CLIP, precision="fp32")
+    torch.save(clip.model.state_dict(), tmp_path / "clip.pt")  # the CLI loads these exact weights
+    clip_cfg = _json.dumps({"kind": "clip", "model_cfg": TINY_CLIP, "path": str(tmp_path / "clip.pt"),
+                            "precision": "fp32"})
+    clap_cfg = _json.dumps({"kind": "clap", "path": str(clap_dir), "precision": "fp32"})
+    out = tmp_path / "out"
+    assert main(["folder", "--src", str(src), "--out", str(out), "--encoders", clip_cfg, clap_cfg]) == 0
+
+    m = load_manifest(out)
+    assert set(m.spaces) == {"clip", "clap", "clip_text", "clap_text"}
+    report_events = sum(s.events for s in m.shards)
+    assert report_events == 2  # sun.png and tone.wav; broken.jpg skipped
+    _, chunks, skips = _read_all(out)
+    assert skips == []
+    keys = [k for c in chunks for k in c.keys]
+    assert len(keys) == 2
+    # recompute with the same tiny encoders and compare
+    clap = ClapEncoder(clap_dir, precision="fp32")
+    emb = {sp: np.concatenate([c.emb[sp] for c in chunks]) for sp in m.spaces}
+    has = {sp: np.concatenate([c.has[sp] for c in chunks]) for sp in m.spaces}
+    # event 0 = pics/sun.png (sorted order), event 1 = sounds/tone.wav
+    assert has["clip"].tolist() == [True, False] and has["clap"].tolist() == [False, True]
+    assert has["clip_text"].all() and has["clap_text"].all()
+    np.testing.assert_allclose(emb["clip"][0], clip.encode_image([load_image(src / "pics" / "sun.png")])[0].numpy(),
+                               atol=1e-5)
+    wave = load_audio(src / "sounds" / "tone.wav", clap.sample_rate, window_s=clap.audio_window_s)
+    np.testing.assert_allclose(emb["clap"][1], clap.encode_audio([wave])[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(emb["clap_text"][1], clap.encode_text(["piano music"])[0].numpy(), atol=1e-5)
