@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
 
+    from callbacks.replay_stats import ReplayStatsLogger
     from data_modules.stream_replay import StreamReplayDataModule
     from luma_pl.corpus import DemoCorpusConfig, DocstringCorpusConfig, build_demo_corpus
     from luma_pl.modules.bridge_module import ProcrustesBridgeModule
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     dm = StreamReplayDataModule(root=str(out / "shards"), batch_size=args.batch_size, num_workers=args.num_workers)
     module = ProcrustesBridgeModule(bridge={"d_s": 256, "d_c": 384, "refresh_every": args.refresh_every})
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=CSVLogger(str(out), name="logs"),
+                         callbacks=[ReplayStatsLogger(every_n_batches=5)], log_every_n_steps=5,
                          enable_checkpointing=False, num_sanity_val_steps=0, enable_model_summary=False)
     t1 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
