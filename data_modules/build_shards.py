@@ -6,7 +6,9 @@
 (``captions.jsonl``: ``{"file": "a/b.jpg", "caption": "...", "ts": 17}`` per line, or ``captions.csv``
 with columns ``file,caption[,ts]``), embedded by the chosen frozen encoders into per-event samples.
 Entries: `<space>` = the image or audio by that encoder's own tower, `<space>_text` = the caption by its
-text tower (the anchor pairs). Topic = first sub-folder; ts = sidecar value, else the rank in sorted
+text tower (the anchor pairs). Videos (mp4/webm/mkv/mov/avi): frames sampled at ``--video-fps``
+through the image towers; the clip event holds the mean-pooled vector in ``<space>`` and each
+frame follows as its own event in ``<space>_frame``. Topic = first sub-folder; ts = sidecar value, else the rank in sorted
 path order. A file that cannot be decoded is skipped, named and counted in the report.
 """
 
@@ -24,7 +26,7 @@ import numpy as np
 from luma_pl.media import MediaError
 from luma_pl.threads import limit_cpu_threads
 
-from .shard_format import AUDIO_EXTS, IMAGE_EXTS
+from .shard_format import AUDIO_EXTS, IMAGE_EXTS, VIDEO_EXTS
 from .shard_writer import ShardSetWriter, write_blocks
 
 SIDECARS = ("captions.jsonl", "captions.csv")
@@ -73,7 +75,7 @@ def build_folder(args: argparse.Namespace) -> dict:
     if not src.is_dir():
         raise SystemExit(f"--src {src} is not a folder; pass the folder of media to shard")
     side = read_sidecar(src)
-    exts = IMAGE_EXTS | AUDIO_EXTS | {"txt"}
+    exts = IMAGE_EXTS | AUDIO_EXTS | VIDEO_EXTS | {"txt"}
     files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix[1:].lower() in exts
                    and p.name not in SIDECARS)
     # a .txt beside a media file with the same stem is that file's caption, not an event
@@ -96,16 +98,23 @@ def build_folder(args: argparse.Namespace) -> dict:
             topic = rel.split("/")[0] if "/" in rel else ""
             try:
                 emb = _embed_event(encoders, path, ext, caption)
+                frames = (_embed_frames(encoders, path, args.video_fps, args.video_max_frames)
+                          if ext in VIDEO_EXTS else {})
             except MediaError as err:
                 skipped.append({"file": rel, "reason": str(err)})
                 print(f"skipped {rel}: {err}", file=sys.stderr)
                 continue
-            media = {} if ext == "txt" else {("jpg" if ext == "jpeg" else ext): path.read_bytes()}
+            # video bytes are not copied into the shard: its frames travel as embeddings
+            media = {} if ext == "txt" or ext in VIDEO_EXTS else {("jpg" if ext == "jpeg" else ext): path.read_bytes()}
             if caption:
                 media["txt"] = caption
             ts = meta.get("ts")
-            writer.write_event(ts=int(ts) if ts is not None else rank, key=f"{rank:09d}", topic=topic,
-                               emb=emb, media=media)
+            ts = int(ts) if ts is not None else rank
+            writer.write_event(ts=ts, key=f"{rank:09d}", topic=topic, emb={**emb, **frames.pop("clip", {})},
+                               media=media)
+            # each sampled frame is an event of its own (same ts and topic), in <space>_frame
+            for f, vecs in enumerate(frames.get("frames", [])):
+                writer.write_event(ts=ts, key=f"{rank:09d}_f{f:04d}", topic=topic, emb=vecs, media={})
     manifest = writer.close()
     return {"events": manifest.total_events, "shards": len(manifest.shards), "spaces": manifest.spaces,
             "media": manifest.media, "skipped": skipped, "seconds": round(time.perf_counter() - t0, 3), "out": str(args.out)}
@@ -130,6 +139,24 @@ def _embed_event(encoders: list, path: Path, ext: str, caption: str | None) -> d
     return emb
 
 
+def _embed_frames(encoders: list, path: Path, fps: float, max_frames: int | None) -> dict:
+    """Video: frames sampled at ``fps`` through each image encoder. Returns ``{"clip": {space: (d,)}``
+    (mean-pooled, re-normalised) and ``"frames": [{space + "_frame": (d,)}, ...]}`` in time order."""
+    from luma_pl.media.video import embed_video
+
+    clip: dict[str, np.ndarray] = {}
+    frames: list[dict[str, np.ndarray]] = []
+    for enc in encoders:
+        if "image" not in enc.modalities:
+            continue
+        per_frame, pooled = embed_video(enc, path, fps=fps, max_frames=max_frames)  # (F, d), (d,)
+        clip[enc.space] = pooled.cpu().numpy()
+        frames += [{} for _ in range(per_frame.shape[0] - len(frames))]
+        for f in range(per_frame.shape[0]):
+            frames[f][f"{enc.space}_frame"] = per_frame[f].cpu().numpy()
+    return {"clip": clip, "frames": frames}
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data_modules.build_shards", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,6 +177,8 @@ def make_parser() -> argparse.ArgumentParser:
             s.add_argument("--src", required=True, help="folder of images/audio/.txt (+ captions.jsonl|csv)")
             s.add_argument("--encoders", nargs="+", default=["minilm", "wordllama"],
                            help="encoder kinds, or EncoderConfig JSON objects for clip/clap")
+            s.add_argument("--video-fps", type=float, default=1.0, help="frames sampled per second of video")
+            s.add_argument("--video-max-frames", type=int, default=64, help="at most this many frames per video")
     return p
 
 

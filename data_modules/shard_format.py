@@ -36,6 +36,8 @@ SHARD_RE = re.compile(r"^(?P<name>.+)-(?P<index>\d{6})\.tar$")
 REFUSED_EXTS = frozenset({"pyd", "pickle", "pkl", "pth"})
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png"})
 AUDIO_EXTS = frozenset({"flac", "wav"})
+# Source files only (build_shards folder): shards carry their frame embeddings, not the video bytes.
+VIDEO_EXTS = frozenset({"mp4", "webm", "mkv", "mov", "avi"})
 TEXT_EXTS = frozenset({"txt", "query.txt"})
 MEDIA_EXTS = IMAGE_EXTS | AUDIO_EXTS | TEXT_EXTS
 # Entries with a meaning of their own (not media, not embeddings).

@@ -333,3 +333,46 @@ def test_build_shards_folder_media_with_tiny_clip_and_clap(tmp_path):
     wave = load_audio(src / "sounds" / "tone.wav", clap.sample_rate, window_s=clap.audio_window_s)
     np.testing.assert_allclose(emb["clap"][1], clap.encode_audio([wave])[0].numpy(), atol=1e-5)
     np.testing.assert_allclose(emb["clap_text"][1], clap.encode_text(["piano music"])[0].numpy(), atol=1e-5)
+
+
+def test_build_shards_folder_video_frames_and_pooled_clip(tmp_path):
+    """A video becomes one clip event (mean-pooled CLIP frames) plus one event per sampled frame."""
+    import json as _json
+    from fractions import Fraction
+
+    import av
+    from tiny_encoders import TINY_CLIP
+
+    from data_modules.build_shards import main
+    from luma_pl.encoders import OpenClipEncoder
+    from luma_pl.media.video import embed_video
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with av.open(str(src / "clip.mp4"), "w") as container:  # 2 s at 10 fps, colour changes each second
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(20):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), (250, 20, 20) if i < 10 else (20, 20, 250),
+                                                       np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 10)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    torch.manual_seed(0)
+    clip = OpenClipEncoder(model_cfg=TINY_CLIP, precision="fp32")
+    torch.save(clip.model.state_dict(), tmp_path / "clip.pt")
+    cfg = _json.dumps({"kind": "clip", "model_cfg": TINY_CLIP, "path": str(tmp_path / "clip.pt"), "precision": "fp32"})
+    out = tmp_path / "out"
+    assert main(["folder", "--src", str(src), "--out", str(out), "--encoders", cfg, "--video-fps", "2"]) == 0
+
+    _, chunks, skips = _read_all(out)
+    assert skips == []
+    keys = [k for c in chunks for k in c.keys]
+    assert keys == ["000000000"] + [f"000000000_f{f:04d}" for f in range(4)]  # 2 s at 2 fps
+    emb = {sp: np.concatenate([c.emb[sp] for c in chunks]) for sp in ("clip", "clip_frame")}
+    per_frame, pooled = embed_video(clip, src / "clip.mp4", fps=2)
+    np.testing.assert_allclose(emb["clip"][0], pooled.numpy(), atol=1e-5)
+    np.testing.assert_allclose(emb["clip_frame"][1:], per_frame.numpy(), atol=1e-5)
+    assert np.concatenate([c.ts for c in chunks]).tolist() == [0] * 5
