@@ -1,0 +1,131 @@
+"""Lightning callback that runs the streaming admission pipeline on every ingested replay batch.
+
+Where the memory lives: on the LightningModule, as ``pl_module.memory`` (a ``TieredMemory``, or a
+``ShardedMemory`` that keeps its share of each insert). It is looked up on every batch, so a memory
+that ``MemoryCheckpoint`` restored and handed to the module (``on_restore``) is picked up, and the
+pipeline's ``HeavyHitterPolicy`` is re-attached to it.
+
+Per batch (``on_train_batch_end``): rows of ``batch['emb'][space]`` with ``batch['has'][space]``,
+ids from ``batch['key']`` (``key_to_id='int'`` parses the key, ``'hash'`` takes a stable 63-bit
+BLAKE2b hash of it). Under DDP every rank all-gathers the batch rows (in rank order), runs the
+identical pipeline on the identical global batch, and the decision's checksum is all-reduced (min
+== max) so a divergence raises instead of silently splitting the replicated state. A B = 0 padding
+batch still joins those collectives. Counters (arrivals, drops, label admissions/evictions, u_t,
+B_t) are logged with ``pl_module.log_dict`` and saved in checkpoints (``state_dict``: numpy arrays
+become tensors, scalars stay primitives; ``load_state_dict`` uses ``.get`` defaults).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from luma_pl.admission.distributed import agree, allgather_rows
+from luma_pl.admission.pipeline import AdmissionConfig, AdmissionPipeline
+
+KEY_MODES = ("int", "hash")
+
+
+def keys_to_ids(keys: list[str], mode: str) -> np.ndarray:
+    if mode == "int":
+        try:
+            return np.array([int(k) for k in keys], np.int64)
+        except ValueError as err:
+            raise ValueError(f"key_to_id='int' cannot parse a batch key ({err}); use key_to_id='hash'") from err
+    return np.array([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") >> 1
+                     for k in keys], np.int64)
+
+
+def _to_tensors(obj):
+    if isinstance(obj, dict):
+        return {k: _to_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj)).clone()
+    return obj
+
+
+def _to_arrays(obj):
+    if isinstance(obj, dict):
+        return {k: _to_arrays(v) for k, v in obj.items()}
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu().numpy()
+    return obj
+
+
+class HeavyHitterAdmission(pl.Callback):
+    """``config``: an ``AdmissionConfig`` or its dict (items mode); ``space``: the embedding space to
+    admit; ``key_to_id``: 'int' or 'hash'; ``log``: log the counters every batch."""
+
+    def __init__(self, config: AdmissionConfig | dict | None = None, space: str = "minilm",
+                 key_to_id: str = "int", log: bool = True):
+        cfg = config if isinstance(config, AdmissionConfig) else AdmissionConfig.from_dict(config or {})
+        cfg.validate()
+        if cfg.mode != "items":
+            raise ValueError(f"config.mode={cfg.mode!r}: the callback inserts items into pl_module.memory; "
+                             "use mode='items' (prototypes mode is PrototypeIndex, driven directly)")
+        if key_to_id not in KEY_MODES:
+            raise ValueError(f"key_to_id={key_to_id!r} is invalid; use one of {KEY_MODES}")
+        self.cfg = cfg
+        self.space = space
+        self.key_to_id = key_to_id
+        self.log = log
+        self.pipeline: AdmissionPipeline | None = None
+        self._pending_state: dict | None = None
+        self.batches = 0
+
+    @staticmethod
+    def memory_of(pl_module: pl.LightningModule):
+        memory = getattr(pl_module, "memory", None)
+        if memory is None:
+            raise AttributeError(f"{type(pl_module).__name__} has no 'memory' attribute; HeavyHitterAdmission "
+                                 "inserts into pl_module.memory (a TieredMemory or ShardedMemory): set it")
+        return memory
+
+    def _pipeline(self, dim: int) -> AdmissionPipeline:
+        if self.pipeline is None:
+            self.pipeline = AdmissionPipeline(self.cfg, dim)
+            if self._pending_state is not None:
+                self.pipeline.load_state_dict(self._pending_state)
+                self._pending_state = None
+        return self.pipeline
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: dict, batch_idx: int) -> None:
+        memory = self.memory_of(pl_module)
+        local = getattr(memory, "local", memory)
+        dim = local.cfg.dim
+        emb = batch["emb"].get(self.space)
+        has = batch["has"].get(self.space)
+        if emb is None or len(batch["key"]) == 0:
+            x = np.zeros((0, dim), np.float32)
+            ids = np.zeros(0, np.int64)
+        else:
+            keep = has.cpu().numpy().astype(bool)
+            x = emb.detach().cpu().numpy().astype(np.float32)[keep]
+            ids = keys_to_ids([k for k, h in zip(batch["key"], keep.tolist(), strict=True) if h], self.key_to_id)
+        if x.shape[1] != dim:
+            raise ValueError(f"batch['emb'][{self.space!r}] has d={x.shape[1]} but the memory holds d={dim}")
+        ids, x, _ = allgather_rows(ids, x)  # the global batch, identical on every rank
+        pipe = self._pipeline(dim)
+        decision = pipe.ingest_items(memory, ids, x) if len(ids) else pipe.step(x)
+        agree(decision.checksum(), "the admission decision")
+        self.batches += 1
+        if self.log:
+            pl_module.log_dict(pipe.metrics(), on_step=True, on_epoch=False, batch_size=max(1, len(ids)))
+
+    # -- checkpoint state ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = self.pipeline.state_dict() if self.pipeline is not None else (self._pending_state or {})
+        return {"pipeline": _to_tensors(state), "batches": int(self.batches)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.batches = int(state_dict.get("batches", 0))
+        state = _to_arrays(state_dict.get("pipeline", {}))
+        if self.pipeline is not None:
+            self.pipeline.load_state_dict(state)
+        else:
+            self._pending_state = state
