@@ -63,9 +63,13 @@ def running_mean_update(centroids: np.ndarray, counts: np.ndarray, x: np.ndarray
     applying mu <- (1 - eta) mu + eta x, eta = 1/(n + 1), once per point."""
     m, d = centroids.shape
     c = np.bincount(labels, minlength=m).astype(np.int64)
-    sums = np.zeros((m, d), np.float64)
-    np.add.at(sums, labels, x.astype(np.float64))
     hit = c > 0
+    onehot = np.zeros((m, len(labels)), np.float32)
+    onehot[labels, np.arange(len(labels))] = 1.0
+    sums = onehot[hit] @ x.astype(np.float32)  # (hit clusters, d)
+    sums_full = np.zeros((m, d), np.float64)
+    sums_full[hit] = sums
+    sums = sums_full
     centroids[hit] = ((counts[hit, None] * centroids[hit].astype(np.float64) + sums[hit]) /
                       (counts[hit] + c[hit])[:, None]).astype(np.float32)
     counts += c

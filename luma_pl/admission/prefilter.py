@@ -49,10 +49,18 @@ def pca_basis(window: np.ndarray, n: int) -> np.ndarray:
     Uncentred (directions of the second moment, i.e. the window's top right singular vectors): the
     first is close to the window's mean direction, the theme itself. Centred PCA would keep only the
     spread around the theme, to which an on-topic arrival is nearly orthogonal."""
-    x = np.asarray(window, np.float64)
+    x = np.asarray(window, np.float32)
     mean = x.mean(axis=0)
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    v = vt[:n]
+    if n + 8 >= min(x.shape):  # small problem: the exact SVD is cheap
+        _, _, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
+        v = vt[:n]
+    else:  # top-n by seeded subspace iteration: O(W d n) instead of a full O(W d^2) SVD
+        rng = np.random.default_rng(0)
+        q = np.linalg.qr(x.T @ rng.standard_normal((x.shape[0], n + 8)).astype(np.float32))[0]
+        for _ in range(4):
+            q = np.linalg.qr(x.T @ (x @ q))[0]
+        _, _, vt = np.linalg.svd((x @ q).astype(np.float64), full_matrices=False)
+        v = vt[:n] @ q.T.astype(np.float64)
     sign = np.sign(v @ mean)
     sign[sign == 0] = 1
     return (v * sign[:, None]).astype(np.float32)
@@ -73,7 +81,8 @@ def threshold_for(scores_window: np.ndarray, alpha: float, mode: str) -> float:
         return float(alpha)
     if len(scores_window) == 0 or alpha <= 0:
         return -np.inf
-    return float(np.quantile(scores_window, alpha))
+    k = int(alpha * (len(scores_window) - 1))  # the lower alpha-quantile (nearest rank, no interpolation)
+    return float(np.partition(scores_window, k)[k])
 
 
 # ---------------------------------------------------------------------------------- config

@@ -1,0 +1,280 @@
+"""Admission ablation on the demo stream at a fixed memory budget (issue 5).
+
+Stream: the demo corpus (``event_arrays``), one event per docstring item in stream order (topics are
+contiguous runs), ``minilm`` item vectors arrive in batches of ``--batch``. Query of event i =
+its ``query_minilm``; the relevant item = event i's own item (one relevant item per query).
+
+Budget (every row): at most ``hot_frac`` x n items hot (HNSW, exact) + ``warm_frac`` x n items warm
+(IVFPQ 4-bit codes, exact training buffer until trained), hot <= 1 MiB and warm <= 1.5 MiB. The
+baselines hold exact vectors, capped at the same item count (hot + warm items), which fits in the
+same bytes. Keep-all and full-rebuild have no cap (the ceiling). RAM used = the index's bytes at
+the end (``bytes_by_tier`` hot + warm; exact rows x (4d + 8) for baselines; prototypes + 16 B per
+member) plus the admission state (prefilter window, centroids, counter).
+
+When queries are asked (both reported):
+* ``final``: all n queries once the whole stream is in;
+* ``interleaved`` (the streaming number): after each batch in which topics completed, the queries
+  of every topic completed so far, subsampled to every ``--every``-th event; pooled over all
+  asks. Old topics must survive, fresh ones must already be there.
+Evaluation searches do not record hits (they measure, they do not steer the policy).
+
+Rows: the four eviction policies, static and adaptive (u, B); each prefilter basis (with
+Space-Saving, static); prototypes mode; a tiered memory with no admission (its default LRU
+policy); and the baselines. Several seeds; mean +- std.
+
+    python bench/admission_ablation.py            # full (a few minutes on one core)
+    python bench/admission_ablation.py --quick    # first 512 events, one seed (for tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from luma_pl.admission import (  # noqa: E402
+    AdaptiveConfig,
+    AdmissionConfig,
+    AdmissionPipeline,
+    ClusterConfig,
+    CounterConfig,
+    PrefilterConfig,
+    PrototypeIndex,
+)
+from luma_pl.admission.baselines import FifoWindow, FullRebuild, HeapFilter, KeepAll, Reservoir  # noqa: E402
+from luma_pl.memory import MemoryConfig, TieredMemory  # noqa: E402
+from luma_pl.metrics import ndcg, recall  # noqa: E402
+from luma_pl.threads import limit_cpu_threads  # noqa: E402
+
+K = 10
+
+
+def memory_config(dim: int, n: int, hot_frac: float, warm_frac: float) -> MemoryConfig:
+    return MemoryConfig(dim=dim, hot_max_items=int(hot_frac * n), hot_max_bytes=1 << 20,
+                        warm_max_items=int(warm_frac * n), warm_max_bytes=3 << 19, nlist=8,
+                        pq_m=dim // 8, pq_nbits=4, hnsw_m=16, ef_search=64)
+
+
+def metrics_of(ids: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query Recall@10 and nDCG@10 with the project's metrics: the retrieved list plus one extra
+    column holding the relevant item when it was not retrieved (so |R| = 1 for every query)."""
+    q, k = ids.shape
+    rel = ids == own[:, None]
+    missing = ~rel.any(1)
+    scores = torch.cat([-torch.arange(k, dtype=torch.float64).expand(q, k), torch.full((q, 1), -1e9, dtype=torch.float64)], 1)
+    relevance = torch.cat([torch.from_numpy(rel), torch.from_numpy(missing)[:, None]], 1)
+    from luma_pl.metrics.functional import per_query
+
+    r, _ = per_query("recall", scores, relevance, K)
+    g, _ = per_query("ndcg", scores, relevance, K)
+    return r.numpy(), g.numpy()
+
+
+def state_bytes(pipe: AdmissionPipeline | None) -> int:
+    if pipe is None:
+        return 0
+    p = pipe.prefilter
+    return int(p.ring.nbytes + p.scores.nbytes + p.basis.nbytes + pipe.clusterer.centroids.nbytes
+               + pipe.clusterer.counts.nbytes + pipe.counter.table.nbytes + 24 * len(pipe.counter))
+
+
+def run_row(row: dict, x: np.ndarray, q: np.ndarray, topics: list[str], args) -> dict:
+    n, d = x.shape
+    kind = row["kind"]
+    pipe = mem = index = None
+    if kind in ("items", "prototypes", "lru"):
+        if kind != "lru":
+            pipe = AdmissionPipeline(row["config"], d)
+        if kind == "prototypes":
+            pmem = TieredMemory(MemoryConfig(dim=d, hot_max_items=4 * row["config"].counter.capacity,
+                                             hot_max_bytes=1 << 21, warm_max_items=0, pq_m=d // 8,
+                                             hot_backend="flat"))
+            index = PrototypeIndex(pipe, pmem)
+        else:
+            mem = TieredMemory(memory_config(d, n, args.hot_frac, args.warm_frac))
+    else:
+        cap = int(args.hot_frac * n) + int(args.warm_frac * n)
+        index = {"keep_all": lambda: KeepAll(d), "full_rebuild": lambda: FullRebuild(d),
+                 "reservoir": lambda: Reservoir(d, cap, seed=row["seed"]), "fifo": lambda: FifoWindow(d, cap),
+                 "heap": lambda: HeapFilter(d, cap)}[kind]()
+
+    def search(qs):
+        if mem is not None:
+            return mem.search(qs, K, record_hits=False).ids
+        return index.search(qs, K)[0]
+
+    # topic completion: the batch after which each topic's last event has arrived
+    last_of = {}
+    for i, t in enumerate(topics):
+        last_of[t] = i
+    ingest_s = 0.0
+    inter_r, inter_g = [], []
+    done: list[int] = []
+    for start in range(0, n, args.batch):
+        stop = min(n, start + args.batch)
+        ids, xb = np.arange(start, stop), x[start:stop]
+        t0 = time.perf_counter()
+        if kind in ("items",):
+            pipe.ingest_items(mem, ids, xb)
+        elif kind == "lru":
+            mem.insert(ids, xb)
+        else:
+            index.ingest(ids, xb)
+        ingest_s += time.perf_counter() - t0
+        completed = [t for t, last in last_of.items() if start <= last < stop]
+        if completed or stop == n:
+            done = [i for i in range(0, stop, args.every) if last_of[topics[i]] < stop]
+            if done:
+                r, g = metrics_of(search(q[done]), np.asarray(done))
+                inter_r.append(r)
+                inter_g.append(g)
+    fr, fg = metrics_of(search(q), np.arange(n))
+    if mem is not None:
+        b = mem.bytes_by_tier()
+        index_bytes = b["hot"] + b["warm"]
+        audit = mem.audit()
+        evicted = mem.counters["evictions"]
+        held = audit["hot"] + audit["warm"] + audit["buffer"]
+    elif kind == "prototypes":
+        index_bytes = index.nbytes()
+        held = sum(len(v) for v in index.members.values())
+        evicted = index.stats["member_drops"]
+    else:
+        index_bytes = index.nbytes()
+        held = len(index)
+        evicted = getattr(index, "evictions", 0)
+    out = {"name": row["name"], "group": row["group"], "seed": row["seed"],
+           "recall_final": float(fr.mean()), "ndcg_final": float(fg.mean()),
+           "recall_interleaved": float(np.concatenate(inter_r).mean()),
+           "ndcg_interleaved": float(np.concatenate(inter_g).mean()),
+           "ingest_per_s": n / ingest_s, "index_kib": index_bytes / 1024, "state_kib": state_bytes(pipe) / 1024,
+           "held": int(held), "evicted": int(evicted),
+           "dropped": int(pipe.stats["dropped"]) if pipe is not None else int(getattr(index, "rejected", 0))}
+    if mem is not None:
+        mem.close()
+    if kind == "prototypes":
+        index.memory.close()
+        index.close()
+    return out
+
+
+def rows_for(seed: int, quick: bool) -> list[dict]:
+    pf = {"threshold_mode": "quantile", "alpha": 0.05, "window": 512, "interval": 128, "seed": seed}
+
+    def cfg(policy="space_saving", basis="adaptive", adaptive=False, mode="items"):
+        return AdmissionConfig(mode=mode, prefilter=PrefilterConfig(basis=basis, **pf),
+                               cluster=ClusterConfig(m=150, seed=seed),
+                               counter=CounterConfig(policy=policy, capacity=100, admit_prob=0.05, seed=seed),
+                               adaptive=AdaptiveConfig(enabled=adaptive, window=256, novelty_threshold=0.2),
+                               upsert_interval=256, probe=8)
+
+    rows = []
+    for policy in ("random", "min", "space_saving", "count_min"):
+        for adaptive in (False, True):
+            rows.append({"kind": "items", "group": "eviction x (u,B)",
+                         "name": f"{policy} / {'adaptive' if adaptive else 'static'}",
+                         "config": cfg(policy, adaptive=adaptive)})
+    for basis in ("fixed", "random", "none"):
+        rows.append({"kind": "items", "group": "prefilter basis", "name": f"basis={basis} (space_saving)",
+                     "config": cfg(basis=basis)})
+    rows.append({"kind": "prototypes", "group": "index mode", "name": "prototypes (space_saving)",
+                 "config": cfg(mode="prototypes")})
+    rows.append({"kind": "lru", "group": "index mode", "name": "tiered, no admission (LRU)"})
+    for b in ("keep_all", "full_rebuild", "reservoir", "fifo", "heap"):
+        rows.append({"kind": b, "group": "baseline", "name": b})
+    if quick:
+        keep = {"random / static", "space_saving / static", "space_saving / adaptive", "basis=random (space_saving)",
+                "prototypes (space_saving)", "keep_all", "reservoir", "fifo", "heap"}
+        rows = [r for r in rows if r["name"] in keep]
+    for r in rows:
+        r["seed"] = seed
+    return rows
+
+
+def aggregate(results: list[dict]) -> list[dict]:
+    out = []
+    names = list(dict.fromkeys(r["name"] for r in results))
+    for name in names:
+        rs = [r for r in results if r["name"] == name]
+        agg = {"name": name, "group": rs[0]["group"], "seeds": len(rs)}
+        for k in ("recall_final", "ndcg_final", "recall_interleaved", "ndcg_interleaved", "ingest_per_s",
+                  "index_kib", "state_kib", "held", "evicted", "dropped"):
+            v = np.array([r[k] for r in rs], float)
+            agg[k] = float(v.mean()) if k not in ("ingest_per_s",) else float(np.median(v))
+            agg[k + "_std"] = float(v.std())
+        out.append(agg)
+    return out
+
+
+def markdown(agg: list[dict], meta: dict) -> str:
+    lines = [f"# Admission ablation ({meta['events']} events, budget {meta['budget_items']} items: "
+             f"hot {meta['hot_items']} + warm {meta['warm_items']}; seeds {meta['seeds']})", "",
+             "One relevant item per query (the event's own item); metrics from luma_pl.metrics. Interleaved = queries of the topics "
+             "completed so far, asked after each topic (every %d-th event); final = all queries at the end. "
+             "Ingest = median arrivals/s over seeds; index/state KiB = RAM of the index and of the admission state "
+             "(prefilter window, centroids, counter) at the end; held = items retrievable at the end; evicted = admitted "
+             "then removed (counted); dropped = never admitted (prefilter drops; rejected by reservoir/heap)." % meta["every"], "",
+             "| group | row | R@10 interleaved | nDCG@10 interleaved | R@10 final | nDCG@10 final | ingest/s | "
+             "index KiB | state KiB | held | evicted | dropped |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in agg:
+        def pm(k):
+            return f"{a[k]:.3f} ± {a[k + '_std']:.3f}" if a["seeds"] > 1 else f"{a[k]:.3f}"
+        lines.append(f"| {a['group']} | {a['name']} | {pm('recall_interleaved')} | {pm('ndcg_interleaved')} | "
+                     f"{pm('recall_final')} | {pm('ndcg_final')} | {a['ingest_per_s']:.0f} | {a['index_kib']:.0f} | "
+                     f"{a['state_kib']:.0f} | {a['held']:.0f} | {a['evicted']:.0f} | {a['dropped']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="first 512 events, one seed, a subset of rows")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--every", type=int, default=4, help="interleaved asks every k-th event's query")
+    ap.add_argument("--hot-frac", dest="hot_frac", type=float, default=0.15)
+    ap.add_argument("--warm-frac", dest="warm_frac", type=float, default=0.40)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = ap.parse_args(argv)
+    limit_cpu_threads()
+    from luma_pl.corpus import DemoCorpusConfig, build_demo_corpus
+    from luma_pl.corpus.demo import event_arrays
+
+    ev = event_arrays(build_demo_corpus(DemoCorpusConfig()))
+    x, q, topics = ev["emb"]["minilm"], ev["emb"]["query_minilm"], list(ev["topics"])
+    if args.quick:
+        x, q, topics, args.seeds = x[:512], q[:512], topics[:512], 1
+    n = len(x)
+    results = []
+    for seed in range(args.seeds):
+        for row in rows_for(seed, args.quick):
+            if row["kind"] in ("keep_all", "full_rebuild", "fifo", "heap", "lru") and seed > 0:
+                continue  # deterministic rows: one seed
+            t0 = time.perf_counter()
+            res = run_row(row, x, q, topics, args)
+            results.append(res)
+            print(f"seed {seed} {row['name']:32s} R@10 int {res['recall_interleaved']:.3f} final {res['recall_final']:.3f} "
+                  f"ingest {res['ingest_per_s']:.0f}/s ({time.perf_counter() - t0:.1f}s)", flush=True)
+    agg = aggregate(results)
+    meta = {"events": n, "hot_items": int(args.hot_frac * n), "warm_items": int(args.warm_frac * n),
+            "budget_items": int(args.hot_frac * n) + int(args.warm_frac * n), "seeds": args.seeds,
+            "every": args.every, "batch": args.batch, "quick": args.quick}
+    os.makedirs(args.out, exist_ok=True)
+    tag = "quick" if args.quick else "demo"
+    (Path(args.out) / f"admission_ablation_{tag}.json").write_text(json.dumps({"meta": meta, "rows": agg, "runs": results}, indent=1))
+    md = markdown(agg, meta)
+    (Path(args.out) / f"admission_ablation_{tag}.md").write_text(md)
+    print(md)
+    return {"meta": meta, "rows": agg}
+
+
+if __name__ == "__main__":
+    main()
