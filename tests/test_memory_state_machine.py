@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from luma_pl.memory import MemoryConfig, TieredMemory, from_state_dict, load, save, state_dict
+from luma_pl.memory import HotWhileRoom, MemoryConfig, TieredMemory, from_state_dict, load, save, state_dict
 from luma_pl.threads import limit_cpu_threads
 
 limit_cpu_threads()
@@ -31,6 +31,8 @@ CONFIGS = {
                   nlist=2, nprobe=2, pq_m=2, pq_nbits=4, train_points_per_centroid=3, hnsw_m=4, ef_search=256,
                   oversample=80, zeta_window=16, retrain_drift_factor=1.2),
 }
+# the ivfpq memory again, with streaming admission and automatic migration every 2nd search
+CONFIGS["ivfpq_auto_migrate"] = CONFIGS["ivfpq"] | dict(migrate_every_n_searches=2, promote_min_hits=1)
 
 
 def unit(seed, n):
@@ -44,7 +46,7 @@ class MemoryMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.cfg = MemoryConfig(**CONFIGS[self.config_name])
-        self.mem = TieredMemory(self.cfg)
+        self.mem = TieredMemory(self.cfg, policy=HotWhileRoom() if "auto_migrate" in self.config_name else None)
         self.vectors: dict[int, np.ndarray] = {}  # every id ever inserted -> its current vector
         self.evicted: set[int] = set()
         self.next_id = 0
@@ -131,6 +133,7 @@ class MemoryMachine(RuleBasedStateMachine):
             save(self.mem, f"{self.tmp}/snap")
             new = load(f"{self.tmp}/snap")
         self.mem.close()
+        new.policy = self.mem.policy
         self.mem = new
         assert self.mem.stats() == before
 
@@ -158,6 +161,14 @@ TestBufferMemory = MemoryMachine.TestCase
 TestBufferMemory.settings = SETTINGS
 TestIVFPQMemory = IVFPQMachine.TestCase
 TestIVFPQMemory.settings = SETTINGS
+
+
+class AutoMigrateMachine(MemoryMachine):
+    config_name = "ivfpq_auto_migrate"
+
+
+TestAutoMigrateMemory = AutoMigrateMachine.TestCase
+TestAutoMigrateMemory.settings = settings(SETTINGS, max_examples=20)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

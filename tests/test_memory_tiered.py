@@ -231,3 +231,107 @@ def test_gpu_flat_hot_tier_is_exact(rng):
     m.evict([0])
     m.audit()
     m.close()
+
+
+def test_bytes_by_tier_charges_bookkeeping_and_list_capacity(rng):
+    from luma_pl.memory.tiered import ITEM_BOOKKEEPING_BYTES
+
+    m = TieredMemory(cfg(warm_max_items=500))
+    m.insert(np.arange(450), unit(rng, 450))
+    b, s = m.bytes_by_tier(), m.stats()
+    assert b["hot"] >= s["hot"] * (D * 4 + ITEM_BOOKKEEPING_BYTES)
+    w = m.warm
+    inv = w.index.invlists
+    sizes = np.array([inv.list_size(i) for i in range(w.nlist)])
+    assert (w._list_cap >= sizes).all()  # capacity tracked per list, never below the size
+    assert w.list_spare_bytes() == (w._list_cap.sum() - sizes.sum()) * (w.index.code_size + 8)
+    assert b["warm"] == w.fixed_bytes() + s["warm"] * (w.index.code_size + 12 + ITEM_BOOKKEEPING_BYTES) + w.list_spare_bytes()
+    m.evict(np.arange(100))  # evicted ids stay known: their bookkeeping is outside the budgets
+    assert m.bytes_by_tier()["bookkeeping"] > b["bookkeeping"]
+    m.audit()
+    m.close()
+
+
+def test_auto_migrate_every_n_searches(rng):
+    m = TieredMemory(cfg(migrate_every_n_searches=3, promote_min_hits=2))
+    x = unit(rng, 100)
+    m.insert(np.arange(100), x)
+    assert m.location(10) == "buffer"
+    m.search(x[10:11], 1)
+    m.search(x[10:11], 1)
+    assert m.location(10) == "buffer"  # two searches: no migration yet
+    m.search(x[10:11], 1, record_hits=False)  # does not count
+    m.search(x[11:12], 1)  # third recorded search: migrate() runs, id 10 has 2 hits
+    assert m.location(10) == "hot" and m.stats()["auto_migrations"] >= 1
+    m.audit()
+    m.close()
+
+
+def test_hot_while_room_streams_to_warm_once_hot_is_full(rng):
+    from luma_pl.memory import HotWhileRoom
+
+    m = TieredMemory(cfg(), policy=HotWhileRoom())
+    x = unit(rng, 300)
+    for s in range(0, 300, 16):
+        m.insert(np.arange(s, min(s + 16, 300)), x[s : s + 16])
+    assert m.audit()["hot"] == 40 and m.stats()["demotions"] == 0 and m.hot.rows == 40
+    # the first batches filled hot (of the batch that overflowed, its newest 8); the rest went warm
+    assert sorted(m.ids[m.keys_in(HOT)].tolist()) == list(range(32)) + list(range(40, 48))
+    m.search(x[200:201], 1)
+    m.search(x[200:201], 1)
+    m.migrate()
+    assert m.location(200) == "hot"  # reaches hot by promotion
+    m.close()
+
+
+def test_newest_first_hot_victims_match_a_full_sort(rng):
+    from luma_pl.memory import NewestFirstLRU
+
+    m = TieredMemory(cfg(hot_max_items=40))
+    m.insert(np.arange(40), unit(rng, 40))
+    for i in (5, 3, 30, 3):
+        m.search(m.hot.vectors(np.array([m.key_of[i]])), 1)
+    keys = m.keys_in(HOT)
+    ref = keys[np.lexsort((keys, m.last_access[keys]))]
+    for n in (1, 7, 40, 50):
+        np.testing.assert_array_equal(NewestFirstLRU().hot_victims(m, n), ref[:n])
+    m.close()
+
+
+def test_originals_group_commit(tmp_path):
+    from luma_pl.memory import OriginalsStore
+
+    x = unit(np.random.default_rng(9), 10, 8)
+    store = OriginalsStore(str(tmp_path), 8, sync_rows=4)
+    store.append(x[:3])
+    np.testing.assert_array_equal(store.get(np.arange(3)), x[:3])  # readable before the commit
+    assert OriginalsStore(str(tmp_path), 8).rows == 0  # a crash now would lose the 3 pending rows
+    store.append(x[3:5])  # 5 pending >= 4: committed
+    assert OriginalsStore(str(tmp_path), 8).rows == 5
+    store.append(x[5:6])
+    store.close()  # close commits
+    reopened = OriginalsStore(str(tmp_path), 8)
+    assert reopened.rows == 6
+    reopened.verify()
+    reopened.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0), reason="needs faiss GPU + CUDA")
+def test_gpu_ivfpq_warm_tier_matches_cpu(rng, tmp_path):
+    x, q = unit(rng, 500), unit(rng, 8)
+    cpu = TieredMemory(cfg(hot_max_items=0, warm_max_items=500))
+    gpu = TieredMemory(cfg(hot_max_items=0, warm_max_items=500, warm_backend="gpu_ivfpq"))
+    for m in (cpu, gpu):
+        m.insert(np.arange(500), x)
+        assert m.warm.trained
+    a, b = cpu.search(q, 5, oversample=100, record_hits=False), gpu.search(q, 5, oversample=100, record_hits=False)
+    np.testing.assert_array_equal(a.ids, b.ids)  # rescored: exact on both
+    gpu.evict([int(b.ids[0, 0])])  # removal refreshes the GPU copy
+    assert int(b.ids[0, 0]) not in gpu.search(q, 5, record_hits=False).ids[0]
+    save(gpu, str(tmp_path / "g"))
+    np.testing.assert_array_equal(load(str(tmp_path / "g")).search(q, 5, record_hits=False).ids,
+                                  gpu.search(q, 5, record_hits=False).ids)
+    gpu.audit()
+    cpu.close()
+    gpu.close()

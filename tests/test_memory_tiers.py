@@ -125,9 +125,10 @@ def test_config_rejects_bad_values_with_names():
     with pytest.raises(ValueError, match="unknown key"):
         MemoryConfig.from_dict({"dim": 8, "nprobe_typo": 3})
     with pytest.raises(ValueError, match="nprobe"):
-        MemoryConfig.from_dict({"dim": 8, "pq_m": 2, "nprobe": 0})
+        MemoryConfig.from_dict({"dim": 8, "pq_m": 2, "nprobe": -1})
     cfg = MemoryConfig(dim=512, warm_max_items=1_000_000, warm_max_bytes=1 << 40)
     assert cfg.resolved_nlist() == 4000  # ~4 sqrt(N)
+    assert cfg.resolved_nprobe() == 4000 // 64 + 1 and MemoryConfig(nprobe=7).resolved_nprobe() == 7  # nlist/64
 
 
 def test_originals_append_read_and_ignore_uncommitted_tail(tmp_path):

@@ -8,6 +8,10 @@ import math
 from luma_pl.configuration import StrictConfig, require
 
 HOT_BACKENDS = ("hnsw", "flat", "gpu_flat")
+WARM_BACKENDS = ("ivfpq", "gpu_ivfpq")
+# Automatic nprobe = max(NPROBE_MIN, nlist / NPROBE_DIV): measured in bench/results/memory_*.md
+NPROBE_MIN = 16
+NPROBE_DIV = 64
 # Bytes of one exact hot vector row plus its bookkeeping, used to reject budgets that cannot hold
 # even one item (the real per-node cost, graph links included, is measured at run time).
 _ID_BYTES = 8
@@ -39,8 +43,9 @@ class MemoryConfig(StrictConfig):
     """Rebuild the HNSW graph once this fraction of its rows are tombstones (removed items)."""
     nlist: int = 0
     """IVF lists of the warm tier; 0 = choose ~4*sqrt(warm_max_items), bounded by the training size."""
-    nprobe: int = 16
-    """IVF lists visited per query (clamped to nlist); never faiss's default of 1 by accident."""
+    nprobe: int = 0
+    """IVF lists visited per query (clamped to nlist); 0 = scale with nlist (``resolved_nprobe``).
+    Never faiss's default of 1 by accident."""
     pq_m: int = 64
     """PQ sub-quantizers; must divide dim. Code size is pq_m * pq_nbits / 8 bytes."""
     pq_nbits: int = 8
@@ -51,10 +56,18 @@ class MemoryConfig(StrictConfig):
     """Retrain the warm tier when mean zeta over the recent window exceeds this factor x training mean."""
     zeta_window: int = 4096
     """Number of most recent warm encodings whose mean zeta is compared against training time."""
-    oversample: int = 4
+    oversample: int = 10
     """Default rescoring factor: warm search fetches oversample*k PQ candidates and rescores them."""
     promote_min_hits: int = 2
     """``migrate()`` promotes warm items with at least this many hits (top-k appearances) to hot."""
+    migrate_every_n_searches: int = 0
+    """Call ``migrate()`` automatically after every n-th ``search`` that records hits (0 = never; then
+    the caller or a Lightning callback migrates)."""
+    warm_backend: str = "ivfpq"
+    """'ivfpq' (CPU IndexIVFPQ) or 'gpu_ivfpq' (searches on a GpuIndexIVFPQ copy of the CPU index)."""
+    originals_sync_rows: int = 4096
+    """Group commit of the originals store: fsync + header once this many rows are pending (1 = every
+    insert). Rows are readable at once; save() and close() always commit first."""
     seed: int = 1234
     """Seed of faiss k-means training, so two memories built the same way are identical."""
 
@@ -85,7 +98,12 @@ class MemoryConfig(StrictConfig):
         require(self.nlist >= 0, o, "nlist", self.nlist, "use 0 (automatic) or a positive list count")
         require(self.nlist <= max(self.warm_max_items, 1), o, "nlist", self.nlist,
                 f"more lists than warm items ({self.warm_max_items}) leaves lists empty; lower nlist or use 0")
-        require(self.nprobe >= 1, o, "nprobe", self.nprobe, "use >= 1 (e.g. 16)")
+        require(self.nprobe >= 0, o, "nprobe", self.nprobe, "use 0 (scale with nlist) or >= 1 (e.g. 64)")
+        require(self.migrate_every_n_searches >= 0, o, "migrate_every_n_searches", self.migrate_every_n_searches,
+                "use 0 (never) or a positive search count")
+        require(self.warm_backend in WARM_BACKENDS, o, "warm_backend", self.warm_backend, f"use one of {WARM_BACKENDS}")
+        require(self.originals_sync_rows >= 1, o, "originals_sync_rows", self.originals_sync_rows,
+                "use >= 1 (1 = fsync every insert)")
         require(self.pq_m >= 1 and self.dim % self.pq_m == 0, o, "pq_m", self.pq_m,
                 f"pq_m must be a positive divisor of dim={self.dim}")
         require(1 <= self.pq_nbits <= 16, o, "pq_nbits", self.pq_nbits, "use 1..16 bits (8 is typical)")
@@ -116,6 +134,12 @@ class MemoryConfig(StrictConfig):
         by_items = n // self.train_points_per_centroid
         by_bytes = self.warm_max_bytes // ((self.dim * 4 + 12) * self.train_points_per_centroid)
         return int(max(1, min(guess, by_items, by_bytes, 65536)))
+
+    def resolved_nprobe(self, nlist: int | None = None) -> int:
+        """The configured nprobe, else nlist/NPROBE_DIV (at least NPROBE_MIN), clamped to nlist."""
+        nlist = self.resolved_nlist() if nlist is None else nlist
+        n = self.nprobe or max(NPROBE_MIN, math.ceil(nlist / NPROBE_DIV))
+        return int(max(1, min(n, nlist)))
 
     def train_size(self) -> int:
         """Warm vectors needed before the IVFPQ trains: points_per_centroid x max(nlist, 2**nbits)."""

@@ -23,17 +23,21 @@ class HotTier:
     """Rows are internal positions in the faiss index; ``ids[row]`` is the external id."""
 
     def __init__(self, dim: int, backend: str = "hnsw", m: int = 32, ef_construction: int = 80,
-                 ef_search: int = 64, tombstone_fraction: float = 0.2):
+                 ef_search: int = 64, tombstone_fraction: float = 0.2, item_bytes: int = 0):
         if backend == "gpu_flat" and not gpu_available():
             raise ValueError("hot_backend='gpu_flat' needs faiss with GPU support and a CUDA device; use 'hnsw'")
         self.dim, self.backend, self.m = dim, backend, m
         self.ef_construction, self.ef_search = ef_construction, ef_search
         self.tombstone_fraction = tombstone_fraction
+        self.item_bytes = int(item_bytes)  # bookkeeping the owner charges per live item (see nbytes)
         self._gpu_res = faiss.StandardGpuResources() if backend == "gpu_flat" else None
         self.index = self._new_index()
         self.ids = np.empty(0, dtype=np.int64)  # (rows,) external id per row
         self.live = np.empty(0, dtype=bool)  # (rows,) False = tombstone
-        self.row_of: dict[int, int] = {}  # external id -> row (live rows only)
+        # id -> row of live ids, -1 elsewhere: a dense array indexed by id (ids are the memory's keys,
+        # small non-negative ints), so every lookup is vectorised; grown by doubling
+        self._row = np.full(0, -1, dtype=np.int64)
+        self._live_count = 0
         self.rebuilds = 0
         self._bitmap: np.ndarray | None = None  # packed live bits, kept alive while faiss reads it
 
@@ -49,7 +53,33 @@ class HotTier:
 
     # -- sizes ---------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.row_of)
+        return self._live_count
+
+    @property
+    def row_of(self) -> dict[int, int]:
+        """External id -> row of every live id (built on demand; for audits and tests)."""
+        rows = np.flatnonzero(self.live)
+        return dict(zip(self.ids[rows].tolist(), rows.tolist(), strict=True))
+
+    def live_ids(self) -> np.ndarray:
+        """(live,) ids in row order."""
+        return self.ids[self.live]
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """(n,) rows of live ids; KeyError naming the first id that is not live here."""
+        ids = np.asarray(ids, dtype=np.int64)
+        inside = ids < len(self._row)
+        rows = np.where(inside, self._row[np.where(inside, ids, 0)], -1)
+        if (rows < 0).any():
+            raise KeyError(f"id {int(ids[rows < 0][0])} is not live in the hot tier")
+        return rows
+
+    def _set_rows(self, ids: np.ndarray, rows: np.ndarray | int) -> None:
+        if len(ids) and ids.max() >= len(self._row):
+            grown = np.full(max(int(ids.max()) + 1, 2 * len(self._row)), -1, dtype=np.int64)
+            grown[: len(self._row)] = self._row
+            self._row = grown
+        self._row[ids] = rows
 
     @property
     def rows(self) -> int:
@@ -57,24 +87,26 @@ class HotTier:
 
     @property
     def tombstones(self) -> int:
-        return self.rows - len(self.row_of)
+        return self.rows - self._live_count
 
     def nbytes(self) -> int:
         """RAM bytes: vectors (all rows, tombstones included) + graph links + id/liveness arrays.
 
         Graph bytes are read from the HNSW structure itself (neighbor table int32, per-node offsets
-        size_t, levels int32), so upper levels are counted exactly, not estimated.
+        size_t, levels int32), so upper levels are counted exactly, not estimated. Not counted: the
+        id -> row array (8 bytes per key ever seen, charged by the memory as bookkeeping), std::vector
+        spare capacity inside faiss (the graph is rebuilt from scratch on compaction, the storage grows
+        by doubling: at most the payload again), the GPU copy's device memory for 'gpu_flat'.
         """
         total = self.rows * (self.dim * 4 + 8 + 1)  # vector + external id + live flag
         if self.backend == "hnsw":
             h = self.index.hnsw
             total += h.neighbors.size() * 4 + h.offsets.size() * 8 + h.levels.size() * 4
-        total += len(self.row_of) * 0  # the dict is bookkeeping shared with the memory, counted there
-        return int(total)
+        return int(total + self._live_count * self.item_bytes)  # + the owner's per-item bookkeeping
 
     def bytes_per_new_row(self) -> float:
         """Expected bytes one more row adds (vector + links at the graph's average degree)."""
-        base = self.dim * 4 + 8 + 1
+        base = self.dim * 4 + 8 + 1 + self.item_bytes
         if self.backend != "hnsw":
             return float(base)
         if self.rows:
@@ -90,16 +122,23 @@ class HotTier:
         if len(ids) == 0:
             return
         start = self.rows
+        ids = np.asarray(ids, dtype=np.int64)
         self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        self.ids = np.concatenate([self.ids, ids.astype(np.int64)])
+        self.ids = np.concatenate([self.ids, ids])
         self.live = np.concatenate([self.live, np.ones(len(ids), dtype=bool)])
-        self.row_of.update(zip(ids.tolist(), range(start, start + len(ids)), strict=True))
+        self._set_rows(ids, np.arange(start, start + len(ids)))
+        self._live_count += len(ids)
         self._bitmap = None
 
     def remove(self, ids: np.ndarray) -> None:
         """Tombstone ids (they must be live here); rebuild once tombstones pass the threshold."""
-        rows = [self.row_of.pop(int(i)) for i in ids]
+        if len(ids) == 0:
+            return
+        ids = np.asarray(ids, dtype=np.int64)
+        rows = self.rows_of(ids)
         self.live[rows] = False
+        self._row[ids] = -1
+        self._live_count -= len(ids)
         self._bitmap = None
         if self.backend != "hnsw" or self.tombstones > self.tombstone_fraction * self.rows:
             self.compact()
@@ -114,8 +153,8 @@ class HotTier:
         self.index = self._new_index()
         self.ids = np.empty(0, dtype=np.int64)
         self.live = np.empty(0, dtype=bool)
-        self.row_of = {}
-        self.add(ids, vectors)
+        self._live_count = 0
+        self.add(ids, vectors)  # rewrites the rows of every live id
         self.rebuilds += 1
 
     # -- reading -------------------------------------------------------------------------------
@@ -131,14 +170,13 @@ class HotTier:
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """(n, d) exact vectors of live ids."""
-        rows = np.array([self.row_of[int(i)] for i in ids], dtype=np.int64)
-        return np.array(self.all_vectors()[rows], dtype=np.float32)
+        return np.array(self.all_vectors()[self.rows_of(ids)], dtype=np.float32)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k over live rows: scores (Q, kk) float32 and ids (Q, kk) int64 with kk = min(k, live),
         -1 / -inf where the index found fewer."""
         nq = len(queries)
-        kk = min(k, len(self.row_of))
+        kk = min(k, self._live_count)
         if kk == 0 or nq == 0:
             return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
         if self.tombstones == 0:
@@ -174,6 +212,9 @@ class HotTier:
         self.index = index
         self.ids = ids.astype(np.int64)
         self.live = live.astype(bool)
-        self.row_of = {int(i): r for r, i in enumerate(self.ids.tolist()) if self.live[r]}
+        self._row = np.full(0, -1, dtype=np.int64)
+        rows = np.flatnonzero(self.live)
+        self._set_rows(self.ids[rows], rows)
+        self._live_count = len(rows)
         self.rebuilds = int(rebuilds)
         self._bitmap = None

@@ -6,7 +6,13 @@ Layout in ``directory``:
   (write tmp, fsync, os.replace, fsync dir) only after the appended rows were fsynced.
 
 A crash between the two leaves an uncommitted tail in the data file; ``open`` ignores it and the
-next append overwrites it. A torn header write is impossible (rename is atomic). The CRC covers the
+next append overwrites it. Group commit: with ``sync_rows`` > 1, appended rows are written (and
+readable at once through the memory map) but fsynced and committed only once ``sync_rows`` rows are
+pending, on ``commit()``, on ``close()`` and before ``copy_committed_to`` (so a saved memory always holds
+every row). A crash then loses at most the last ``sync_rows - 1`` rows of the live store, never its
+consistency; the live store is scratch space anyway (a crashed memory is reopened from its last
+``save()``). Three fsyncs per 256-row batch cost ~10 ms on this machine's disk, i.e. ~20% of the
+ingest time of the indexes themselves, which is why the memory groups them. A torn header write is impossible (rename is atomic). The CRC covers the
 committed bytes and is checked by ``verify()`` (used when a saved memory is loaded).
 """
 
@@ -44,14 +50,16 @@ def write_json_atomic(path: str, obj: dict) -> None:
 class OriginalsStore:
     """Row-addressed store of (rows, d) float32 originals; rows are assigned in append order."""
 
-    def __init__(self, directory: str, dim: int):
+    def __init__(self, directory: str, dim: int, sync_rows: int = 1):
         self.directory = directory
         self.dim = int(dim)
+        self.sync_rows = max(1, int(sync_rows))
         self._row_bytes = 4 * self.dim
         os.makedirs(directory, exist_ok=True)
         self._data_path = os.path.join(directory, DATA_NAME)
         self._header_path = os.path.join(directory, HEADER_NAME)
-        self.rows = 0
+        self.rows = 0  # rows written (readable); ``_committed`` of them are fsynced and in the header
+        self._committed = 0
         self._crc = 0
         if os.path.exists(self._header_path):
             with open(self._header_path) as f:
@@ -62,6 +70,7 @@ class OriginalsStore:
                     "open it with the dimension it was written with"
                 )
             self.rows, self._crc = int(head["rows"]), int(head["crc32"])
+            self._committed = self.rows
             size = os.path.getsize(self._data_path) if os.path.exists(self._data_path) else 0
             if size < self.rows * self._row_bytes:
                 raise ValueError(
@@ -77,7 +86,8 @@ class OriginalsStore:
 
     # -- writing -------------------------------------------------------------------------------
     def append(self, vectors: np.ndarray) -> np.ndarray:
-        """Append (n, d) float32 rows durably; return their row numbers (n,) int64."""
+        """Append (n, d) float32 rows (committed now, or once ``sync_rows`` are pending); return their
+        row numbers (n,) int64."""
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"vectors must be (n, {self.dim}) float32, got shape {x.shape}")
@@ -87,13 +97,22 @@ class OriginalsStore:
         payload = x.tobytes()
         self._file.seek(start * self._row_bytes)  # overwrites any uncommitted tail
         self._file.write(payload)
+        self._file.flush()  # readable through a fresh memory map from now on
+        self._crc = zlib.crc32(payload, self._crc)
+        self.rows = start + len(x)
+        self._map = None  # the mapping covers the old length; remap lazily
+        if self.rows - self._committed >= self.sync_rows:
+            self.commit()
+        return np.arange(start, self.rows, dtype=np.int64)
+
+    def commit(self) -> None:
+        """fsync the written rows, then atomically publish their count and CRC in the header."""
+        if self._committed == self.rows or self._file.closed:
+            return
         self._file.flush()
         os.fsync(self._file.fileno())
-        crc = zlib.crc32(payload, self._crc)
-        write_json_atomic(self._header_path, {"dim": self.dim, "rows": start + len(x), "crc32": crc})
-        self.rows, self._crc = start + len(x), crc
-        self._map = None  # the mapping covers the old length; remap lazily
-        return np.arange(start, self.rows, dtype=np.int64)
+        write_json_atomic(self._header_path, {"dim": self.dim, "rows": self.rows, "crc32": self._crc})
+        self._committed = self.rows
 
     # -- reading -------------------------------------------------------------------------------
     def _mapped(self) -> np.ndarray:
@@ -125,7 +144,8 @@ class OriginalsStore:
         return self._crc
 
     def copy_committed_to(self, directory: str) -> None:
-        """Write the committed rows and header into another directory (used by ``save``)."""
+        """Commit, then write the committed rows and header into another directory (used by ``save``)."""
+        self.commit()
         os.makedirs(directory, exist_ok=True)
         dst = os.path.join(directory, DATA_NAME)
         with open(self._data_path, "rb") as src, open(dst, "wb") as out:
@@ -139,6 +159,7 @@ class OriginalsStore:
         write_json_atomic(os.path.join(directory, HEADER_NAME), {"dim": self.dim, "rows": self.rows, "crc32": self._crc})
 
     def close(self) -> None:
+        self.commit()
         self._map = None
         if not self._file.closed:
             self._file.close()

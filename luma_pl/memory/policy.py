@@ -40,11 +40,33 @@ class NewestFirstLRU:
         return np.ones(len(keys), dtype=bool)
 
     def hot_victims(self, memory: TieredMemory, n: int) -> np.ndarray:
-        keys = memory.keys_in(HOT)
-        order = np.lexsort((keys, memory.last_access[keys]))  # oldest access first, then oldest row
-        return keys[order[:n]]
+        # oldest access first, then oldest key; O(hot) per call (argpartition, no full sort), and the
+        # hot keys come from the hot tier itself, not from a scan of every key ever admitted
+        keys = memory.hot.live_ids()
+        if n <= 0 or len(keys) == 0:
+            return keys[:0]
+        order_key = (memory.last_access[keys] << 32) | keys  # ticks and keys < 2**31
+        if n < len(keys):
+            part = np.argpartition(order_key, n - 1)[:n]
+            keys, order_key = keys[part], order_key[part]
+        return keys[np.argsort(order_key, kind="stable")[:n]]
 
     def warm_victims(self, memory: TieredMemory, n: int) -> np.ndarray:
         keys = np.concatenate([memory.keys_in(WARM), memory.keys_in(BUFFER)])
         order = np.lexsort((keys, memory.last_access[keys], memory.hits[keys]))
         return keys[order[:n]]
+
+
+class HotWhileRoom(NewestFirstLRU):
+    """Streaming-friendly admission: a new item goes hot only while the hot tier has free room (the
+    newest of a batch first); once hot is full, new items go warm and reach hot only by promotion
+    (``promote`` / ``migrate``, e.g. ``MemoryConfig.migrate_every_n_searches``). Unlike NewestFirstLRU,
+    a stream does not push every item through the hot graph (one HNSW insert, a share of a tombstone
+    rebuild and a demotion per item), so ingest costs what the final tier of each item costs."""
+
+    def admit_hot(self, memory: TieredMemory, keys: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        room = max(0, memory._hot_capacity() - len(memory.hot))
+        take = np.zeros(len(keys), dtype=bool)
+        if room:
+            take[-room:] = True
+        return take

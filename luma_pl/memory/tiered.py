@@ -5,11 +5,20 @@ reused; an upsert gets a new key and the old one is marked REPLACED). The faiss 
 so mapping a hit to its external id, zeta and access counters is an array lookup, not a dict walk.
 Per-key arrays (``ids``, ``locations``, ``hits``, ``last_access``, ``zeta``) are the single source of
 truth for where an item is; ``audit()`` checks them against the indexes.
+
+Bytes: every live item is charged ``ITEM_BOOKKEEPING_BYTES`` on top of its index bytes, in the tier
+that holds it (hot or warm), and the budgets cover that charge: the per-key arrays (ids 8, locations
+1, hits 8, last_access 8, zeta 4), the hot tier's id -> row slot (8) and the ``key_of`` dict entry (an
+upper bound: hash-table slot share plus two int objects). What no budget covers is reported on its
+own line, ``bookkeeping``: the same arrays and dict entries for evicted/replaced ids (the memory
+remembers every id it ever admitted, so this grows with ids ever inserted, ~150 B each) plus the
+arrays' spare capacity. ``originals_disk`` is on disk, not RAM.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import shutil
 import sys
@@ -33,6 +42,13 @@ from luma_pl.memory.policy import (
 from luma_pl.memory.warm import WarmTier
 
 _NORM_TOL = 1e-3
+_PER_KEY_ARRAY_BYTES = 8 + 1 + 8 + 8 + 4  # ids, locations, hits, last_access, zeta
+_HOT_ROW_SLOT_BYTES = 8  # HotTier's id -> row array, indexed by key
+# CPython 3.11 dict of int -> int: at most ~60 bytes of table per entry (measured: getsizeof(d)/len(d)
+# peaks at 60 just after a resize) + two int objects (28 bytes, 32 with allocator rounding)
+_DICT_ENTRY_BYTES = 60 + 2 * 32
+ITEM_BOOKKEEPING_BYTES = _PER_KEY_ARRAY_BYTES + _HOT_ROW_SLOT_BYTES + _DICT_ENTRY_BYTES
+"""Bytes charged per live item to the tier holding it, on top of its index bytes (157)."""
 
 
 @dataclasses.dataclass
@@ -56,12 +72,12 @@ class TieredMemory:
         self.policy = policy or NewestFirstLRU()
         self._owns_dir = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="luma_memory_")
-        self.originals = OriginalsStore(self.directory, config.dim)
+        self.originals = OriginalsStore(self.directory, config.dim, sync_rows=config.originals_sync_rows)
         if self.originals.rows:
             raise ValueError(f"directory {self.directory!r} already holds originals; use persistence.load() to open a saved memory")
         self.hot = HotTier(config.dim, config.hot_backend, config.hnsw_m, config.ef_construction,
-                           config.ef_search, config.tombstone_fraction)
-        self.warm = WarmTier(config)
+                           config.ef_search, config.tombstone_fraction, item_bytes=ITEM_BOOKKEEPING_BYTES)
+        self.warm = WarmTier(config, item_bytes=ITEM_BOOKKEEPING_BYTES)
         cap = 1024
         self.ids = np.zeros(cap, dtype=np.int64)  # (keys,) external id of each key
         self.locations = np.full(cap, REPLACED, dtype=np.int8)  # (keys,) location code
@@ -70,7 +86,7 @@ class TieredMemory:
         self.zeta = np.zeros(cap, dtype=np.float32)  # (keys,) PQ error; 0 while exact
         self.key_of: dict[int, int] = {}  # external id -> current key
         self.counters = {"inserted": 0, "evictions": 0, "promotions": 0, "demotions": 0,
-                         "replaced": 0, "retrains": 0, "tick": 0}
+                         "replaced": 0, "retrains": 0, "tick": 0, "searches": 0, "auto_migrations": 0}
         self._zeta_max: float | None = 0.0
 
     # ------------------------------------------------------------------ validation helpers
@@ -109,16 +125,19 @@ class TieredMemory:
 
     def _keys_of(self, ids, allowed: tuple[int, ...], action: str) -> np.ndarray:
         ids = self._check_ids(ids)
-        keys = np.empty(len(ids), dtype=np.int64)
-        for j, i in enumerate(ids.tolist()):
-            key = self.key_of.get(i)
-            if key is None:
-                raise ValueError(f"cannot {action} id {i}: it was never inserted")
-            if self.locations[key] not in allowed:
-                raise ValueError(f"cannot {action} id {i}: it is {TIER_NAMES[int(self.locations[key])]}, "
-                                 f"expected {[TIER_NAMES[a] for a in allowed]}")
-            keys[j] = key
+        keys = self._lookup(ids)
+        if (keys < 0).any():
+            raise ValueError(f"cannot {action} id {int(ids[keys < 0][0])}: it was never inserted")
+        bad = ~np.isin(self.locations[keys], allowed)
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"cannot {action} id {int(ids[j])}: it is {TIER_NAMES[int(self.locations[keys[j]])]}, "
+                             f"expected {[TIER_NAMES[a] for a in allowed]}")
         return keys
+
+    def _lookup(self, ids: np.ndarray) -> np.ndarray:
+        """(n,) current key of each id, -1 for ids never inserted (dict lookups in C, no Python loop)."""
+        return np.fromiter(map(self.key_of.get, ids.tolist(), itertools.repeat(-1)), dtype=np.int64, count=len(ids))
 
     # ------------------------------------------------------------------ per-key arrays
     def _grow(self, need: int) -> None:
@@ -155,11 +174,12 @@ class TieredMemory:
         x = self._check_vectors(vectors, len(ids))
         if tier not in (None, "hot", "warm"):
             raise ValueError(f"tier={tier!r} is invalid; use None (policy decides), 'hot' or 'warm'")
-        known = [i for i in ids.tolist() if i in self.key_of]
-        if known and not upsert:
-            raise ValueError(f"ids {known[:5]} are already in the memory; pass upsert=True to replace them")
-        if known:
-            old = np.array([self.key_of[i] for i in known], dtype=np.int64)
+        old = self._lookup(ids)
+        old = old[old >= 0]
+        if len(old) and not upsert:
+            raise ValueError(f"ids {sorted(self.ids[old].tolist())[:5]} are already in the memory; "
+                             "pass upsert=True to replace them")
+        if len(old):
             self._remove_keys(old[self.locations[old] != EVICTED])
             self.locations[old] = REPLACED
             self.counters["replaced"] += len(old)
@@ -362,24 +382,34 @@ class TieredMemory:
             tiers[~found] = -1
             zeta[~found] = 0
         ids = np.where(found, self.ids[np.where(found, keys, 0)], -1)
+        zmax = self.zeta_max
         if record_hits and found.any():
             self.counters["tick"] += 1
             hit = keys[found]
             np.add.at(self.hits, hit, 1)
             self.last_access[hit] = self.counters["tick"]
-        return SearchResult(ids, scores.astype(np.float32), tiers, zeta, self.zeta_max)
+        if record_hits:
+            self.counters["searches"] = self.counters.get("searches", 0) + 1
+            every = self.cfg.migrate_every_n_searches
+            if every and self.counters["searches"] % every == 0:
+                self.counters["auto_migrations"] = self.counters.get("auto_migrations", 0) + self.migrate()
+        return SearchResult(ids, scores.astype(np.float32), tiers, zeta, zmax)
 
     # ------------------------------------------------------------------ accounting
     def bytes_by_tier(self) -> dict[str, int]:
-        """'hot' and 'warm' are what the budgets govern; 'bookkeeping' is the per-key arrays and
-        Python id maps (sys.getsizeof of the dicts plus their int objects); 'originals_disk' is on disk."""
-        n = self.num_keys
-        per_key = n * (8 + 1 + 8 + 8 + 4)
-        dicts = 0
-        for d in (self.key_of, self.hot.row_of, self.warm._buf_pos):
-            dicts += sys.getsizeof(d) + 2 * 28 * len(d)
-        return {"hot": self.hot.nbytes(), "warm": self.warm.nbytes(), "bookkeeping": per_key + dicts,
-                "originals_disk": n * self.cfg.dim * 4}
+        """RAM bytes. 'hot' and 'warm' are what the budgets govern, each including its items' share of
+        the bookkeeping (``ITEM_BOOKKEEPING_BYTES`` per live item) and faiss' spare list capacity.
+        'bookkeeping' is what no budget covers: the per-key arrays' spare capacity, the hot tier's
+        id -> row slots, and the arrays + ``key_of`` entries of evicted/replaced ids (memory of every id
+        ever admitted). The real dict size (``sys.getsizeof``) is used for that line, so hot + warm +
+        bookkeeping is an upper bound of the Python-side total. 'originals_disk' is on disk."""
+        live = len(self.hot) + len(self.warm)
+        arrays = len(self.ids) * _PER_KEY_ARRAY_BYTES + self.hot._row.nbytes
+        dict_bytes = sys.getsizeof(self.key_of) + 2 * 32 * len(self.key_of)
+        total_book = arrays + dict_bytes
+        outside = max(0, total_book - live * ITEM_BOOKKEEPING_BYTES)
+        return {"hot": self.hot.nbytes(), "warm": self.warm.nbytes(), "bookkeeping": int(outside),
+                "originals_disk": self.num_keys * self.cfg.dim * 4}
 
     def stats(self) -> dict[str, int | float]:
         return {**self.counters, "hot": len(self.hot), "warm": self.warm.ivf_count,
@@ -395,6 +425,8 @@ class TieredMemory:
             if not cond:
                 raise AssertionError(f"memory audit failed: {what}")
         check(set(self.hot.row_of) == set(self.keys_in(HOT).tolist()), "hot index keys != keys located hot")
+        live_rows = np.flatnonzero(self.hot.live)
+        check((self.hot.rows_of(self.hot.ids[live_rows]) == live_rows).all(), "hot id -> row map is stale")
         check(int(self.hot.live.sum()) == len(self.hot) and self.hot.index.ntotal == self.hot.rows,
               "hot liveness / index rows disagree")
         check(set(self.warm.buf_ids.tolist()) == set(self.keys_in(BUFFER).tolist()), "buffer keys != keys located buffer")

@@ -9,6 +9,15 @@ code, ``sa_decode`` rebuilds x_hat from exactly those bytes, and ``add_sa_codes`
 so the stored code is the measured one (one encode per vector, no second assignment pass).
 Drift: a window of the most recent zetas is compared with the mean zeta of the training set; the tier
 says ``needs_retrain`` once the ratio passes the factor (the memory retrains from the originals).
+
+Bytes (``nbytes``) include the spare capacity of faiss' inverted lists: ``add_sa_codes`` appends one
+entry at a time, so each list's std::vectors (codes and ids) grow by doubling and never shrink on
+removal; the tier tracks every list's high-water size since training and charges next_pow2 of it.
+The exact buffer is a preallocated array whose spare rows are charged too.
+
+GPU (``warm_backend='gpu_ivfpq'``): the CPU IndexIVFPQ stays the source of truth (encoding, zeta,
+ids, removal); a ``GpuIndexIVFPQ`` copy answers searches and is refreshed from it (``copyFrom``)
+before the first search after any change. Its device memory is not in the RAM budget.
 """
 
 from __future__ import annotations
@@ -22,20 +31,37 @@ from luma_pl.memory.config import MemoryConfig
 
 
 class WarmTier:
-    def __init__(self, cfg: MemoryConfig):
+    def __init__(self, cfg: MemoryConfig, item_bytes: int = 0):
         self.cfg = cfg
+        self.item_bytes = int(item_bytes)  # bookkeeping the owner charges per live item
         self.dim = cfg.dim
         self.nlist = cfg.resolved_nlist()
         self.train_size = cfg.train_size()
         self.index: faiss.IndexIVFPQ | None = None
         self.ivf_count = 0
         # exact buffer: (b, d) vectors and (b,) ids; row order = arrival order
-        self.buf_vecs = np.empty((0, self.dim), dtype=np.float32)
-        self.buf_ids = np.empty(0, dtype=np.int64)
-        self._buf_pos: dict[int, int] = {}
+        self._buf = np.empty((0, self.dim), dtype=np.float32)  # (capacity, d); first _nbuf rows used
+        self._buf_id = np.empty(0, dtype=np.int64)
+        self._nbuf = 0
+        self._list_cap = np.zeros(0, dtype=np.int64)  # per IVF list: std::vector capacity (entries)
         self.train_zeta_mean = 0.0
         self._recent = deque(maxlen=cfg.zeta_window)
         self.trainings = 0
+        self.gpu = cfg.warm_backend == "gpu_ivfpq"
+        if self.gpu and not (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0):
+            raise ValueError("warm_backend='gpu_ivfpq' needs faiss with GPU support and a CUDA device; use 'ivfpq'")
+        self._gpu_res = faiss.StandardGpuResources() if self.gpu else None
+        self._gpu_index = None  # GpuIndexIVFPQ copy; None = stale
+
+    @property
+    def buf_vecs(self) -> np.ndarray:
+        """(b, d) exact buffered vectors (a view)."""
+        return self._buf[: self._nbuf]
+
+    @property
+    def buf_ids(self) -> np.ndarray:
+        """(b,) buffered ids in arrival order (a view)."""
+        return self._buf_id[: self._nbuf]
 
     # -- sizes ---------------------------------------------------------------------------------
     @property
@@ -52,26 +78,31 @@ class WarmTier:
         ix = self.index
         centroids = self.nlist * self.dim * 4
         codebooks = ix.pq.M * ix.pq.ksub * ix.pq.dsub * 4
-        lists = self.nlist * 2 * 24  # two std::vector headers (codes, ids) per list
+        lists = self.nlist * 2 * 64  # two MaybeOwnedVector headers (codes, ids) per list
         tables = ix.precomputed_table.size() * 4
         return int(centroids + codebooks + lists + tables)
+
+    def list_spare_bytes(self) -> int:
+        """Spare capacity of the inverted lists: (capacity - size) x (code + 8-byte id) bytes."""
+        if self.index is None:
+            return 0
+        return int((int(self._list_cap.sum()) - self.ivf_count) * (self.index.code_size + 8))
 
     def bytes_per_code(self) -> int:
         """Bytes per IVF item: PQ code + 8-byte id in its list + 4-byte zeta float."""
         code = self.index.code_size if self.index is not None else (self.cfg.pq_m * self.cfg.pq_nbits + 7) // 8
-        return int(code + 8 + 4)
+        return int(code + 8 + 4 + self.item_bytes)
 
     def bytes_per_buffered(self) -> int:
-        """Bytes per buffered item: exact vector + id + zeta slot."""
-        return self.dim * 4 + 8 + 4
+        """Bytes per buffered item: exact vector + id + zeta slot (+ the owner's per-item bookkeeping)."""
+        return self.dim * 4 + 8 + 4 + self.item_bytes
 
     def nbytes(self) -> int:
-        """Logical RAM bytes (what ``serialize_index`` would write, plus buffer and zeta floats).
-
-        std::vector capacity slack inside faiss' inverted lists (at most the list payload again) is
-        not visible from Python and not counted.
-        """
-        return self.fixed_bytes() + self.ivf_count * self.bytes_per_code() + len(self.buf_ids) * self.bytes_per_buffered()
+        """RAM bytes: fixed structures + per code (code, id, zeta) + lists' spare capacity + the
+        buffer's allocated rows (vector + id + zeta slot each)."""
+        spare_rows = len(self._buf_id) - self._nbuf
+        return (self.fixed_bytes() + self.ivf_count * self.bytes_per_code() + self.list_spare_bytes()
+                + self._nbuf * self.bytes_per_buffered() + spare_rows * (self.dim * 4 + 8))
 
     # -- mutation ------------------------------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
@@ -79,12 +110,32 @@ class WarmTier:
         if len(ids) == 0:
             return np.empty(0, dtype=np.float32)
         if self.index is None:
-            start = len(self.buf_ids)
-            self.buf_vecs = np.concatenate([self.buf_vecs, vectors.astype(np.float32)])
-            self.buf_ids = np.concatenate([self.buf_ids, ids.astype(np.int64)])
-            self._buf_pos.update(zip(ids.tolist(), range(start, start + len(ids)), strict=True))
+            self._buf_reserve(self._nbuf + len(ids))
+            self._buf[self._nbuf : self._nbuf + len(ids)] = vectors
+            self._buf_id[self._nbuf : self._nbuf + len(ids)] = ids
+            self._nbuf += len(ids)
             return np.zeros(len(ids), dtype=np.float32)
         return self._encode_add(ids, vectors)
+
+    def _buf_reserve(self, need: int) -> None:
+        """Grow the buffer to hold ``need`` rows: doubling (amortised O(1) per row), but never past
+        the training size, and never past what the warm byte budget can pay for (spare rows count)."""
+        cap = len(self._buf_id)
+        if need <= cap:
+            return
+        by_bytes = (self.cfg.warm_max_bytes - self.fixed_bytes() - need * self.item_bytes) // (self.dim * 4 + 8)
+        new = max(need, min(2 * cap, max(self.train_size, 1024), int(by_bytes)))
+        buf = np.empty((new, self.dim), dtype=np.float32)
+        buf[: self._nbuf] = self._buf[: self._nbuf]
+        ids = np.full(new, -1, dtype=np.int64)
+        ids[: self._nbuf] = self._buf_id[: self._nbuf]
+        self._buf, self._buf_id = buf, ids
+
+    def _set_buffer(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Replace the buffer with exactly these rows (no spare capacity)."""
+        self._buf = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim).copy()
+        self._buf_id = np.asarray(ids, dtype=np.int64).copy()
+        self._nbuf = len(self._buf_id)
 
     def _encode_add(self, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -92,8 +143,26 @@ class WarmTier:
         zeta = np.linalg.norm(x - self.index.sa_decode(codes), axis=1).astype(np.float32)
         self.index.add_sa_codes(codes, np.ascontiguousarray(ids, dtype=np.int64))
         self.ivf_count += len(ids)
+        self._grow_list_caps(codes)
         self._recent.extend(zeta.tolist())
+        self._gpu_index = None
         return zeta
+
+    def _grow_list_caps(self, codes: np.ndarray) -> None:
+        """Update each touched list's capacity: next power of two of its size (one Python call per
+        touched list, never per item)."""
+        nb = self.index.coarse_code_size()
+        lists = np.zeros(len(codes), dtype=np.int64)
+        for b in range(nb):  # little-endian list number in the first bytes of each code
+            lists |= codes[:, b].astype(np.int64) << (8 * b)
+        inv = self.index.invlists
+        touched = np.unique(lists)
+        sizes = np.fromiter((inv.list_size(int(i)) for i in touched), dtype=np.int64, count=len(touched))
+        cap = self._list_cap[touched]
+        # one entry at a time: a full vector of capacity c reallocates to 2c (0 -> 1)
+        base = np.maximum(cap, 1)
+        doublings = np.ceil(np.log2(np.maximum(sizes, 1) / base)).clip(min=0).astype(np.int64)
+        self._list_cap[touched] = np.where(sizes > cap, base << doublings, cap)
 
     def ready_to_train(self) -> bool:
         return self.index is None and len(self.buf_ids) >= self.train_size
@@ -111,13 +180,12 @@ class WarmTier:
         index.pq.cp.seed = self.cfg.seed
         index.own_fields = True
         index.train(np.ascontiguousarray(vectors, dtype=np.float32))
-        index.nprobe = min(self.cfg.nprobe, self.nlist)
+        index.nprobe = self.cfg.resolved_nprobe(self.nlist)
         quantizer.this.disown()  # owned by the IVF index now
         self.index = index
         self.ivf_count = 0
-        self.buf_vecs = np.empty((0, self.dim), dtype=np.float32)
-        self.buf_ids = np.empty(0, dtype=np.int64)
-        self._buf_pos = {}
+        self._list_cap = np.zeros(self.nlist, dtype=np.int64)
+        self._set_buffer(np.empty(0, np.int64), np.empty((0, self.dim), np.float32))
         self._recent.clear()
         zeta = self._encode_add(ids, vectors)
         self.train_zeta_mean = float(zeta.mean()) if len(zeta) else 0.0
@@ -134,21 +202,21 @@ class WarmTier:
         """Remove ids; ``in_buffer`` (n,) bool says which ones sit in the exact buffer."""
         buf = ids[in_buffer]
         if len(buf):
-            drop = np.array([self._buf_pos[int(i)] for i in buf], dtype=np.int64)
-            keep = np.ones(len(self.buf_ids), dtype=bool)
-            keep[drop] = False
-            self.buf_vecs = self.buf_vecs[keep]
-            self.buf_ids = self.buf_ids[keep]
-            self._buf_pos = {int(i): p for p, i in enumerate(self.buf_ids.tolist())}
+            keep = ~np.isin(self.buf_ids, buf)
+            if int(keep.size - keep.sum()) != len(buf):
+                raise RuntimeError("warm buffer removal: some ids are not buffered; bookkeeping is broken")
+            self._set_buffer(self.buf_ids[keep], self.buf_vecs[keep])  # compacts: no spare rows left
         ivf = np.ascontiguousarray(ids[~in_buffer], dtype=np.int64)
         if len(ivf):
             removed = self.index.remove_ids(faiss.IDSelectorBatch(ivf))
             if removed != len(ivf):
                 raise RuntimeError(f"warm IVF removed {removed} of {len(ivf)} ids: bookkeeping is broken")
             self.ivf_count -= len(ivf)
+            self._gpu_index = None
 
     def buffer_vectors(self, ids: np.ndarray) -> np.ndarray:
-        return self.buf_vecs[[self._buf_pos[int(i)] for i in ids]]
+        pos = {int(i): p for p, i in enumerate(self.buf_ids.tolist())}
+        return self.buf_vecs[[pos[int(i)] for i in ids]]
 
     # -- search --------------------------------------------------------------------------------
     def search_ivf(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +224,15 @@ class WarmTier:
         nq = len(queries)
         if self.index is None or self.ivf_count == 0 or k == 0:
             return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
-        d, i = self.index.search(queries, k)
+        index = self.index
+        if self.gpu:
+            if self._gpu_index is None:
+                co = faiss.GpuClonerOptions()
+                co.useFloat16 = True  # float16 lookup tables: needed for large pq_m on GPU
+                self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, self.index, co)
+            index = self._gpu_index
+            index.nprobe = self.index.nprobe
+        d, i = index.search(queries, k)
         if (i >= 0).all():
             return d, i
         return np.where(i >= 0, d, -np.inf).astype(np.float32), i
@@ -185,13 +261,15 @@ class WarmTier:
                 train_zeta_mean: float, trainings: int) -> None:
         if len(blob):
             index = faiss.deserialize_index(np.asarray(blob, dtype=np.uint8))  # already downcast, owning
-            index.nprobe = min(self.cfg.nprobe, index.nlist)
             self.index = index
             self.nlist = index.nlist
+            index.nprobe = self.cfg.resolved_nprobe(self.nlist)
             self.ivf_count = int(index.ntotal)
-        self.buf_ids = buf_ids.astype(np.int64)
-        self.buf_vecs = buf_vecs.astype(np.float32).reshape(-1, self.dim)
-        self._buf_pos = {int(i): p for p, i in enumerate(self.buf_ids.tolist())}
+            # deserialised lists are allocated to their exact sizes
+            inv = index.invlists
+            self._list_cap = np.array([inv.list_size(i) for i in range(self.nlist)], dtype=np.int64)
+            self._gpu_index = None
+        self._set_buffer(buf_ids, buf_vecs)
         self._recent.clear()
         self._recent.extend(recent.tolist())
         self.train_zeta_mean = float(train_zeta_mean)
