@@ -1,0 +1,170 @@
+"""Stateful shells over ``functional``: which ε, bridging a query, certifying a memory search, and
+``SafeAtK`` (a torchmetrics Metric whose states are sums, so batches and ranks merge exactly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+
+from luma_pl.telemetry import functional as F
+
+MEMORY_ITEM_NORM = 1.0 + 1e-3
+"""``TieredMemory`` admits vectors whose norm is within 1e-3 of 1 (``tiered._NORM_TOL``)."""
+FLOAT32_TOL = 1e-5
+"""Absolute slack for float32 scores (faiss computes them in float32)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EpsilonChoice:
+    value: float
+    """The bridge's drift bound (operator norm; affine bound when centred); inf = not yet known."""
+    source: str
+    """One of ``functional.EPSILON_SOURCES``."""
+    affine: bool
+    """The bound includes an offset change (centred bridge): D = ε max(||a||, 1)."""
+
+
+def choose_epsilon(bridge, source: str = "interval", value: float | None = None) -> EpsilonChoice:
+    """ε for the certificate (DESIGN section 6).
+
+    ``interval``: ``bridge.epsilon()`` = drift over the last refresh interval (the default: the drift
+    the bridge is assumed to make next; the online audit checks that assumption). ``reference``:
+    ``bridge.drift_from_reference()``. ``frozen``: 0, allowed only for a bridge that will not move.
+    ``given``: ``value``.
+    """
+    if source not in F.EPSILON_SOURCES:
+        raise ValueError(f"source={source!r}: use one of {F.EPSILON_SOURCES}")
+    affine = bool(getattr(getattr(bridge, "config", None), "center", False))
+    if source == "frozen":
+        return EpsilonChoice(0.0, source, affine)
+    if source == "given":
+        if value is None or not (value >= 0):
+            raise ValueError(f"source='given' needs value >= 0 (got {value!r})")
+        return EpsilonChoice(float(value), source, affine)
+    if bridge is None:
+        raise ValueError(f"source={source!r} needs a bridge to measure drift on")
+    v = bridge.epsilon() if source == "interval" else bridge.drift_from_reference()
+    return EpsilonChoice(float(v), source, affine)
+
+
+@torch.no_grad()
+def bridge_queries(bridge, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unit bridged queries q (Q, d_c) float32, ``||a||`` (Q,) and ``||A a + b||`` (Q,) float64.
+
+    Needs a bridge exposing its applied map ``A`` (d_c, d_s) and ``b`` (``StreamingProcrustes``);
+    q is computed exactly as ``bridge.forward`` does.
+    """
+    a64 = torch.as_tensor(a).to(F.DTYPE)
+    u = a64 @ bridge.A.to(F.DTYPE).T
+    if getattr(bridge.config, "center", False):
+        u = u + bridge.b.to(F.DTYPE)
+    q = bridge(torch.as_tensor(a, dtype=torch.float32))
+    return q, a64.norm(dim=1), u.norm(dim=1)
+
+
+def query_epsilon(choice: EpsilonChoice, a_norm: torch.Tensor, u_norm: torch.Tensor) -> torch.Tensor:
+    """ε_q per query (normalised-score units) from an ``EpsilonChoice``."""
+    if math.isinf(choice.value):
+        return torch.full(a_norm.shape, math.inf, dtype=F.DTYPE)
+    return F.normalised_epsilon(choice.value, a_norm, u_norm, affine=choice.affine)
+
+
+def candidate_vectors(memory, ids: np.ndarray, approximate: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, C, d) vectors of search hits and a (Q, C) mask of hits that had a vector.
+
+    ``approximate=False``: the originals (true x). ``approximate=True``: what a PQ score was computed
+    from, x̂ = decode(code) for IVF items (exact originals for hot and buffer items); the originals
+    are only used to regenerate the same deterministic codes faiss holds.
+    """
+    from luma_pl.memory.policy import WARM
+
+    Q, C = ids.shape
+    found = ids >= 0
+    keys = np.zeros(ids.shape, np.int64)
+    flat = ids[found].tolist()
+    keys[found] = [memory.key_of[i] for i in flat]
+    x = memory.originals.get(keys.ravel()).reshape(Q, C, -1).astype(np.float32)
+    x[~found] = 0
+    if approximate and memory.warm.index is not None:
+        pq = found & (memory.locations[keys] == WARM)
+        if pq.any():
+            xs = np.ascontiguousarray(x[pq])
+            x[pq] = memory.warm.index.sa_decode(memory.warm.index.sa_encode(xs))
+    return x, found
+
+
+def certify_search(result, k: int, epsilon_q: torch.Tensor, memory=None, rescored: bool = False,
+                   distances: str = "vectors", tol: float = FLOAT32_TOL) -> F.Certificate:
+    """Certificate of a ``TieredMemory.search`` result (``SearchResult``) for C >= k + 1 candidates.
+
+    ``distances``: ``"vectors"`` reads candidate vectors from ``memory`` (true x where the score is
+    exact, x̂ plus ζ where it is a PQ score); ``"cap"`` uses ``||x_i - x_j|| <= 2R`` only.
+
+    ``rescored`` (the search ran with ``rescore=True``): candidate scores are exact (ζ_i = 0), but an
+    unreturned warm item y is only known through its PQ score p_y <= p_last (the last PQ candidate
+    of the oversampled list), and every rescored candidate has exact score >= p_last - ζ_max, so
+    ``ŝ_last >= p_last - ζ_max`` and ``s_y <= p_y + ζ_y <= ŝ_last + 2 ζ_max``: the closing term uses
+    2 ζ_max, not ζ_max (the search does not expose p_last, which would allow ζ_max).
+    """
+    scores = torch.from_numpy(np.asarray(result.scores))
+    zeta = torch.from_numpy(np.asarray(result.zeta))
+    vectors, exact = None, False
+    if distances == "vectors":
+        if memory is None:
+            raise ValueError("distances='vectors' needs memory= (the TieredMemory that answered)")
+        approx = bool((np.asarray(result.zeta) > 0).any())
+        x, _ = candidate_vectors(memory, np.asarray(result.ids), approximate=approx)
+        vectors = torch.from_numpy(x)
+        # x̂ + ζ bound: exact hits have ζ = 0, so the bound is their exact distance
+        exact = not approx
+    elif distances != "cap":
+        raise ValueError(f"distances={distances!r}: use 'vectors' or 'cap'")
+    zeta_max = float(result.zeta_max) * (2.0 if rescored else 1.0)
+    return F.certify(scores, zeta, zeta_max, epsilon_q, k, vectors=vectors, vectors_exact=exact,
+                     valid=torch.from_numpy(np.asarray(result.ids) >= 0), item_norm=MEMORY_ITEM_NORM, tol=tol)
+
+
+class SafeAtK(Metric):
+    """Rates over queries: Safe@1, Safe@k and the crude rule's, with sum-reduced states.
+
+    ``update(cert)`` with a ``functional.Certificate``; ``compute()`` -> dict of rates (nan when no
+    query was counted) plus the mean ε and ζ_1.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+    _FIELDS = ("safe_at_1", "safe_at_k", "crude_safe_at_1", "crude_safe_at_k")
+
+    def __init__(self, k: int = 10, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k={k!r} must be a positive int, e.g. k=10")
+        self.k = k
+        for name in (*self._FIELDS, "count", "epsilon_sum", "zeta_1_sum", "epsilon_finite"):
+            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, cert: F.Certificate) -> None:
+        if cert.k != self.k:
+            raise ValueError(f"certificate has k={cert.k} but this SafeAtK has k={self.k}")
+        for name in self._FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(cert, name).sum().to(torch.float64))
+        self.count += float(cert.safe_at_1.numel())
+        finite = torch.isfinite(cert.epsilon)
+        self.epsilon_sum += cert.epsilon[finite].sum().to(torch.float64)
+        self.epsilon_finite += float(finite.sum())
+        self.zeta_1_sum += cert.zeta_1.sum().to(torch.float64)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        n = self.count
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        out = {name: (getattr(self, name) / n if float(n) else nan) for name in self._FIELDS}
+        out["epsilon_mean"] = self.epsilon_sum / self.epsilon_finite if float(self.epsilon_finite) else nan
+        out["zeta_1_mean"] = self.zeta_1_sum / n if float(n) else nan
+        out["count"] = n
+        return out
