@@ -51,7 +51,6 @@ from luma_pl.admission import (  # noqa: E402
 )
 from luma_pl.admission.baselines import FifoWindow, FullRebuild, HeapFilter, KeepAll, Reservoir  # noqa: E402
 from luma_pl.memory import MemoryConfig, TieredMemory  # noqa: E402
-from luma_pl.metrics import ndcg, recall  # noqa: E402
 from luma_pl.threads import limit_cpu_threads  # noqa: E402
 
 K = 10
@@ -221,12 +220,13 @@ def markdown(agg: list[dict], meta: dict) -> str:
              "completed so far, asked after each topic (every %d-th event); final = all queries at the end. "
              "Ingest = median arrivals/s over seeds; index/state KiB = RAM of the index and of the admission state "
              "(prefilter window, centroids, counter) at the end; held = items retrievable at the end; evicted = admitted "
-             "then removed (counted); dropped = never admitted (prefilter drops; rejected by reservoir/heap)." % meta["every"], "",
+             "then removed (counted); dropped = never admitted (prefilter drops; rejected by reservoir/heap).".replace(
+                 "%d", str(meta["every"])), "",
              "| group | row | R@10 interleaved | nDCG@10 interleaved | R@10 final | nDCG@10 final | ingest/s | "
              "index KiB | state KiB | held | evicted | dropped |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in agg:
-        def pm(k):
+        def pm(k, a=a):
             return f"{a[k]:.3f} ± {a[k + '_std']:.3f}" if a["seeds"] > 1 else f"{a[k]:.3f}"
         lines.append(f"| {a['group']} | {a['name']} | {pm('recall_interleaved')} | {pm('ndcg_interleaved')} | "
                      f"{pm('recall_final')} | {pm('ndcg_final')} | {a['ingest_per_s']:.0f} | {a['index_kib']:.0f} | "

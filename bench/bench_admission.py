@@ -26,7 +26,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from luma_pl.admission import AdmissionConfig, AdmissionPipeline, ClusterConfig, CounterConfig, PrefilterConfig  # noqa: E402
+from luma_pl.admission import (  # noqa: E402
+    AdmissionConfig,
+    AdmissionPipeline,
+    ClusterConfig,
+    CounterConfig,
+    PrefilterConfig,
+)
 from luma_pl.memory import MemoryConfig, TieredMemory  # noqa: E402
 from luma_pl.threads import limit_cpu_threads  # noqa: E402
 

@@ -28,7 +28,12 @@ def _free_port() -> int:
 
 
 def _worker(rank, world, port, out_dir):
-    from luma_pl.admission.distributed import allgather_rows, allgather_space_saving, allreduce_countmin, agree
+    from luma_pl.admission.distributed import (
+        agree,
+        allgather_rows,
+        allgather_space_saving,
+        allreduce_countmin,
+    )
     from luma_pl.threads import limit_cpu_threads
 
     limit_cpu_threads(1)

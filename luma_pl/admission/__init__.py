@@ -2,7 +2,13 @@
 -> index update (items or prototypes), the baselines it is compared with, and cross-rank merges."""
 
 from luma_pl.admission.adaptive import AdaptiveConfig, AdaptiveController, adapt
-from luma_pl.admission.clustering import ClusterConfig, OnlineClusterer, assign, kmeanspp_seeds, running_mean_update
+from luma_pl.admission.clustering import (
+    ClusterConfig,
+    OnlineClusterer,
+    assign,
+    kmeanspp_seeds,
+    running_mean_update,
+)
 from luma_pl.admission.heavy_hitters import (
     POLICIES,
     CounterConfig,

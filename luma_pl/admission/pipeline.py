@@ -154,8 +154,9 @@ class PrototypeIndex:
     """prototypes mode over a TieredMemory that holds the centroids (ids = labels)."""
 
     def __init__(self, pipeline: AdmissionPipeline, memory, directory: str | None = None):
-        from luma_pl.memory import OriginalsStore
         import tempfile
+
+        from luma_pl.memory import OriginalsStore
 
         self.pipeline = pipeline
         self.memory = memory
