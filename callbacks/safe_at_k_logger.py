@@ -1,0 +1,221 @@
+"""SafeAtKLogger: Safe@k telemetry of a bridge module, logged to every Lightning logger.
+
+What it watches: ``pl_module.bridge`` (a ``StreamingProcrustes``) and a ``TieredMemory`` — the
+module's own (attribute ``memory_attr``) or, when the module has none, one this callback fills with
+the canonical item vectors of the training batches (``item_space``; ids are arrival counters, one
+memory per rank). The probe set is the first ``num_probes`` source queries (``query_space``) seen.
+
+When it logs (``safe/`` at training steps, ``val_safe/`` at validation epoch end):
+- at every bridge refresh: the online audit (``telemetry.OnlineAudit``) and the certificate of the
+  probe set with the new bridge; also every ``log_every_n_steps`` steps once the bridge is ready;
+- rates Safe@1, Safe@k and the crude rule's (``SafeAtK``: sum states, reduced over ranks), ε (the
+  bridge-level value and its source code, index into ``EPSILON_SOURCES``), mean ε_q, ζ_max, mean ζ_1,
+  median margins, violations (cumulative, summed over ranks), flip rate, probe recall@k;
+- to a ``WandbLogger`` additionally margin/slack histograms (``wandb.Histogram``) and a table of
+  sample probes with their hits (``wandb.Table``). W&B stays offline unless the logger says otherwise.
+
+State (``state_dict``): the probe set, the audit snapshot and counters: tensors and primitives.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from luma_pl.telemetry import functional as TF
+from luma_pl.telemetry.audit import OnlineAudit
+from luma_pl.telemetry.probes import probe_recall
+from luma_pl.telemetry.safe_at_k import SafeAtK, bridge_queries, certify_search, choose_epsilon, query_epsilon
+
+_DEFAULT_MEMORY = {"hot_max_items": 1000, "warm_max_items": 200_000, "pq_m": 48, "pq_nbits": 8, "nprobe": 16}
+
+
+class SafeAtKLogger(Callback):
+    def __init__(self, k: int = 10, candidates: int = 20, epsilon_source: str = "interval",
+                 epsilon_value: float | None = None, rescore: bool = False, num_probes: int = 128,
+                 recall_probes: int = 64, table_rows: int = 8, log_every_n_steps: int = 0,
+                 query_space: str = "query_wordllama", item_space: str = "minilm", memory_attr: str = "memory",
+                 memory: dict | None = None, histograms: bool = True) -> None:
+        super().__init__()
+        if candidates < k + 1:
+            raise ValueError(f"candidates={candidates} must be >= k + 1 = {k + 1}: Safe@k needs the (k+1)-th score")
+        if epsilon_source not in TF.EPSILON_SOURCES:
+            raise ValueError(f"epsilon_source={epsilon_source!r}: use one of {TF.EPSILON_SOURCES}")
+        self.k, self.candidates = int(k), int(candidates)
+        self.epsilon_source, self.epsilon_value = epsilon_source, epsilon_value
+        self.rescore = bool(rescore)
+        self.num_probes, self.recall_probes, self.table_rows = int(num_probes), int(recall_probes), int(table_rows)
+        self.log_every_n_steps = int(log_every_n_steps)
+        self.query_space, self.item_space, self.memory_attr = query_space, item_space, memory_attr
+        self.memory_config = dict(_DEFAULT_MEMORY, **(memory or {}))
+        self.histograms = histograms
+        self._memory = None
+        self._probes: list[torch.Tensor] = []
+        self._audit: OnlineAudit | None = None
+        self._seen_refreshes = 0
+        self._next_id = 0
+        self.last_metrics: dict[str, float] = {}
+        self.last_certificate: TF.Certificate | None = None
+        self._audit_state: dict | None = None
+
+    # ------------------------------------------------------------------ data
+    def memory_of(self, pl_module):
+        mem = getattr(pl_module, self.memory_attr, None)
+        return mem if mem is not None else self._memory
+
+    def _ingest(self, pl_module, batch: dict) -> None:
+        emb, has = batch.get("emb", {}), batch.get("has", {})
+        if getattr(pl_module, self.memory_attr, None) is None and self.item_space in emb:
+            x = emb[self.item_space][has[self.item_space]].detach().float().cpu().numpy()
+            if len(x):
+                if self._memory is None:
+                    from luma_pl.memory import MemoryConfig, TieredMemory
+
+                    self._memory = TieredMemory(MemoryConfig(dim=x.shape[1], **self.memory_config))
+                ids = np.arange(self._next_id, self._next_id + len(x))
+                self._next_id += len(x)
+                self._memory.insert(ids, x / np.linalg.norm(x, axis=1, keepdims=True))
+        have = sum(len(p) for p in self._probes)
+        if have < self.num_probes and self.query_space in emb:
+            a = emb[self.query_space][has[self.query_space]].detach().float().cpu()
+            self._probes.append(a[: self.num_probes - have])
+
+    @property
+    def probes(self) -> torch.Tensor | None:
+        return torch.cat(self._probes) if self._probes else None
+
+    def _ensure_audit(self) -> OnlineAudit:
+        if self._audit is None:
+            self._audit = OnlineAudit(self.probes, self.k, self.candidates, self.epsilon_source, self.epsilon_value,
+                                      self.rescore)
+            if self._audit_state is not None:
+                self._audit.load_state_dict(self._audit_state)
+        return self._audit
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._ingest(pl_module, batch)
+        bridge = getattr(pl_module, "bridge", None)
+        if bridge is None or int(bridge.refreshes) == 0:
+            return
+        refreshed = int(bridge.refreshes) != self._seen_refreshes
+        due = self.log_every_n_steps > 0 and trainer.global_step % self.log_every_n_steps == 0
+        memory = self.memory_of(pl_module)
+        if not (refreshed or due) or self.probes is None or memory is None or not len(memory):
+            return
+        extra = {}
+        if refreshed:
+            self._seen_refreshes = int(bridge.refreshes)
+            report = self._ensure_audit().observe(bridge, memory)
+            if report is not None:
+                extra = {k: v for k, v in report.as_metrics("safe/audit_").items()
+                         if k in ("safe/audit_violations", "safe/audit_violations_within_epsilon",
+                                  "safe/audit_flips_uncertified", "safe/audit_uncertified",
+                                  "safe/audit_certified", "safe/audit_realised_q_max",
+                                  "safe/audit_epsilon_used_q_max", "safe/audit_epsilon_held")}
+        self.log_telemetry(trainer, pl_module, "safe/", extra)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        bridge = getattr(pl_module, "bridge", None)
+        memory = self.memory_of(pl_module)
+        if trainer.sanity_checking or bridge is None or int(bridge.refreshes) == 0 or memory is None \
+                or self.probes is None or not len(memory):
+            return
+        self.log_telemetry(trainer, pl_module, "val_safe/", {})
+
+    # ------------------------------------------------------------------ telemetry
+    @torch.no_grad()
+    def compute(self, pl_module) -> tuple[dict[str, float], TF.Certificate, object, object]:
+        """Certificate of the probe set with the current bridge; returns (metrics, cert, result, choice)."""
+        bridge, memory = pl_module.bridge, self.memory_of(pl_module)
+        probes = self.probes
+        q, a_norm, u_norm = bridge_queries(bridge, probes)
+        choice = choose_epsilon(bridge, self.epsilon_source, self.epsilon_value)
+        eps_q = query_epsilon(choice, a_norm, u_norm)
+        res = memory.search(q.numpy().astype(np.float32), self.candidates, rescore=self.rescore, record_hits=False)
+        cert = certify_search(res, self.k, eps_q, memory, rescored=self.rescore)
+        metric = SafeAtK(self.k)
+        metric.update(cert)
+        rates = metric.compute()  # synced over ranks when a process group exists
+        probe = probe_recall(memory, q[: self.recall_probes].numpy(), self.k, res.ids[: self.recall_probes, : self.k])
+        audit = self._audit.totals if self._audit is not None else {}
+        m = {
+            "safe_at_1": float(rates["safe_at_1"]), "safe_at_k": float(rates["safe_at_k"]),
+            "crude_safe_at_1": float(rates["crude_safe_at_1"]), "crude_safe_at_k": float(rates["crude_safe_at_k"]),
+            "epsilon_source": float(TF.EPSILON_SOURCES.index(choice.source)),
+            "zeta_max": float(res.zeta_max), "zeta_1_mean": float(rates["zeta_1_mean"]),
+            "margin_top2_median": float(np.nanmedian(cert.margin_top2.numpy())),
+            "margin_at_k_median": float(np.nanmedian(cert.margin_at_k.numpy())),
+            "probe_recall": probe.recall, "probes": float(rates["count"]),
+            "violations": float(audit.get("violations", 0)),
+            "flip_rate": (audit["flips_uncertified"] / audit["uncertified"]) if audit.get("uncertified") else float("nan"),
+        }
+        if math.isfinite(choice.value):
+            m["epsilon"] = choice.value
+            m["epsilon_q_mean"] = float(rates["epsilon_mean"])
+        return m, cert, res, choice
+
+    def _reduce_sum(self, trainer, value: float) -> float:
+        if trainer.world_size > 1:
+            return float(trainer.strategy.reduce(torch.tensor(value, dtype=torch.float64), reduce_op="sum"))
+        return value
+
+    def log_telemetry(self, trainer, pl_module, prefix: str, extra: dict) -> dict[str, float]:
+        m, cert, res, choice = self.compute(pl_module)
+        m["violations"] = self._reduce_sum(trainer, m["violations"])
+        metrics = {prefix + k: v for k, v in m.items() if not (isinstance(v, float) and math.isnan(v))}
+        metrics.update({k: self._reduce_sum(trainer, v) for k, v in extra.items()})
+        self.last_metrics, self.last_certificate = metrics, cert
+        step = trainer.global_step
+        for lg in trainer.loggers:
+            lg.log_metrics(metrics, step=step)
+            self._log_wandb_extras(lg, prefix, cert, res, choice, step)
+        return metrics
+
+    def _log_wandb_extras(self, lg, prefix, cert, res, choice, step) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        if not isinstance(lg, WandbLogger) or trainer_rank() != 0:
+            return
+        import wandb
+
+        payload = {"trainer/global_step": step}
+        if self.histograms:
+            for name in ("margin_top2", "margin_at_k", "slack_at_1", "slack_at_k"):
+                v = getattr(cert, name).numpy()
+                v = v[np.isfinite(v)]
+                if len(v):
+                    payload[f"{prefix}{name}_hist"] = wandb.Histogram(v)
+        cols = ["probe", "hits", "scores", "tiers", "zeta_1", "margin_top2", "epsilon_q", "epsilon_source",
+                "safe_at_1", "safe_at_k"]
+        rows = []
+        for i in range(min(self.table_rows, len(res.ids))):
+            rows.append([i, " ".join(str(int(x)) for x in res.ids[i, : self.k]),
+                         " ".join(f"{float(x):.4f}" for x in res.scores[i, : self.k]),
+                         " ".join(str(int(x)) for x in res.tiers[i, : self.k]), float(cert.zeta_1[i]),
+                         float(cert.margin_top2[i]), float(cert.epsilon[i]), choice.source,
+                         bool(cert.safe_at_1[i]), bool(cert.safe_at_k[i])])
+        payload[f"{prefix}samples"] = wandb.Table(columns=cols, data=rows)
+        lg.experiment.log(payload)
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict:
+        return {"probes": self.probes, "seen_refreshes": self._seen_refreshes, "next_id": self._next_id,
+                "audit": self._audit.state_dict() if self._audit is not None else None}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        probes = state_dict.get("probes")
+        self._probes = [probes] if probes is not None else []
+        self._seen_refreshes = int(state_dict.get("seen_refreshes", 0))
+        self._next_id = int(state_dict.get("next_id", 0))
+        self._audit_state = state_dict.get("audit")
+        self._audit = None
+
+
+def trainer_rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
