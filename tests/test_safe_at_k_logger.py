@@ -126,6 +126,16 @@ def test_logger_writes_checked_values_to_offline_wandb_and_csv(tmp_path, monkeyp
 
     # --- W&B offline files: history records decoded from the .wandb file
     run_dir = glob.glob(os.path.join(str(tmp_path), "wandb", "offline-run-*"))[0]
+    # wandb-core may still be appending after finish() returns: poll until the file stops changing
+    import time
+
+    size, deadline = -1, time.monotonic() + 30
+    wfile = glob.glob(os.path.join(run_dir, "*.wandb"))[0]
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if os.path.getsize(wfile) == size and any("val_safe/samples/_type" in r for r in read_wandb_history(run_dir)):
+            break
+        size = os.path.getsize(wfile)
     rows = read_wandb_history(run_dir)
     val_rows = [r for r in rows if "val_safe/safe_at_1" in r]
     assert val_rows, "no val_safe row in the W&B history"
