@@ -98,7 +98,7 @@ def run_adversarial(data, center: bool, eps_levels, n_random: int = 2, seed: int
             eA, eB = eps * frac, eps * (1 - frac)
             v_worst = _unit(a)
 
-            def pair_dir(i_idx, j_idx):
+            def pair_dir(i_idx, j_idx, order=order, cand=cand, rows=rows):
                 # j index C = closing term: the adversary's best unreturned item is rank C+1
                 jj = torch.where(j_idx >= C, order[:, C], cand[rows[:, 0], j_idx.clamp_max(C - 1)])
                 ii = cand[rows[:, 0], i_idx]
