@@ -223,8 +223,11 @@ class StreamReplayDataModule(pl.LightningDataModule):
 
     def __init__(self, root: str = "", batch_size: int = 256, num_workers: int = 0, drop_last: bool = False,
                  reader: dict | None = None, pin_memory: bool = False, config: ReplayConfig | None = None,
-                 val_root: str | None = None):
+                 val_root: str | None = None, replicate: bool = False):
         super().__init__()
+        # replicate: every rank replays the whole stream (evaluate.py splits the work by id owner and
+        # row instead), so the global step is the same on every rank and N ranks equal one process
+        self.replicate = bool(replicate)
         # validation replays a whole stream (default: the training one) from its start, never resumed
         self.val_root = str(val_root) if val_root else None
         self.cfg = config or ReplayConfig.from_dict(dict(
@@ -238,6 +241,8 @@ class StreamReplayDataModule(pl.LightningDataModule):
         self._resume = 0
 
     def _rank_world(self) -> tuple[int, int]:
+        if self.replicate:
+            return 0, 1
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             return trainer.global_rank, trainer.world_size
@@ -264,6 +269,12 @@ class StreamReplayDataModule(pl.LightningDataModule):
         if not Path(cfg.root).is_dir():
             raise FileNotFoundError(f"val_root={cfg.root!r} is not a folder; point it at the validation shard folder")
         return replay_dataloader(StreamReplayDataset(cfg, rank, world), cfg.pin_memory)
+
+    def test_dataloader(self) -> DataLoader:
+        """The whole training stream from its start, never resumed (evaluate.py's replay)."""
+        if not Path(self.cfg.root).is_dir():
+            raise FileNotFoundError(f"root={self.cfg.root!r} is not a folder; point it at the shard folder")
+        return replay_dataloader(StreamReplayDataset(self.cfg, *self._rank_world()), self.cfg.pin_memory)
 
     def mark_consumed(self, batch: dict) -> None:
         """Count one consumed batch (the hook below does this under a Trainer)."""

@@ -1,0 +1,64 @@
+"""Streaming replay evaluation: ``python evaluate.py --config configs/eval_default.yaml``.
+
+Replays a shard stream of interleaved ingest and query events through the memory and the bridge
+(``luma_pl.evaluation.StreamEvaluator``) with a Lightning ``Trainer.test`` loop, so devices,
+DDP (``--trainer.strategy ddp --trainer.devices 2``, sharded memory) and loggers (W&B offline,
+CSV) are configured exactly as for training. Start from a train.py checkpoint with
+``--model.eval.bridge_checkpoint <ckpt>`` or from scratch. Writes ``report.json`` and PNG plots to
+``--model.eval.report_dir`` and logs them to W&B when a ``WandbLogger`` is configured.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+
+from data_modules.stream_replay import StreamReplayDataModule
+from luma_pl.evaluation.stream_eval import StreamEvaluator
+from luma_pl.threads import limit_cpu_threads
+
+
+class EvalCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.set_defaults({"data.replicate": True})
+
+    def before_instantiate_classes(self) -> None:
+        limit_cpu_threads()
+
+
+def run_evaluation(args: list[str] | None = None) -> tuple[dict, EvalCLI]:
+    """Runs the replay; rank 0 writes the report (``StreamEvaluator.on_test_end``) and prints it."""
+    cli = EvalCLI(StreamEvaluator, StreamReplayDataModule, run=False, args=args,
+                  save_config_kwargs={"config_filename": "luma_eval_config.yaml", "overwrite": True})
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    report_dir = cli.model.cfg.report_dir
+    summary = getattr(cli.model, "summary", None)
+    if summary is None and report_dir and (Path(report_dir) / "report.json").exists():  # spawned workers wrote it
+        summary = json.loads((Path(report_dir) / "report.json").read_text())["summary"]
+    if cli.trainer.is_global_zero and summary:
+        _print(summary, Path(report_dir) if report_dir else None)
+    return summary or {}, cli
+
+
+def _print(summary: dict, report_dir: Path) -> None:
+    k = summary.get("k", 10)
+    rows = [(f"Recall@{k}", summary.get(f"recall@{k}")), (f"MRR@{k}", summary.get(f"mrr@{k}")),
+            (f"nDCG@{k}", summary.get(f"ndcg@{k}")), ("HitRate@k earlier events", summary.get("old_hit_rate")),
+            ("Safe@1 rate", summary.get("safe@1")), (f"Safe@{k} rate", summary.get(f"safe@{k}")),
+            ("crude Safe@1 rate", summary.get("crude_safe@1")),
+            (f"epsilon ({summary.get('epsilon_source')})", summary.get("epsilon_last")),
+            ("zeta_max", summary.get("zeta_max_last")), ("latency p50 ms/query", summary.get("latency_p50_ms")),
+            ("latency p99 ms/query", summary.get("latency_p99_ms")), ("ingest events/s", summary.get("ingest_per_s")),
+            ("hot / warm / evicted items", f"{summary.get('hot_items')} / {summary.get('warm_items')} / "
+                                           f"{summary.get('evicted')}")]
+    print(f"\nstreaming replay evaluation: {summary.get('events')} events, {summary.get('queries')} queries")
+    for name, v in rows:
+        print(f"  {name:<28} {v:.4f}" if isinstance(v, float) else f"  {name:<28} {v}")
+    print(f"  report and plots: {report_dir}")
+
+
+if __name__ == "__main__":
+    run_evaluation(sys.argv[1:])

@@ -1,0 +1,1 @@
+"""Streaming replay evaluation (evaluate.py): the evaluator module and its report."""

@@ -1,0 +1,79 @@
+"""The evaluation report: one JSON file and four PNG plots from ``StreamEvaluator.series``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+PLOTS = {
+    "recall_over_time.png": ("Retrieval over the stream", [("recall@k", "Recall@k"), ("mrr@k", "MRR@k"),
+                                                            ("ndcg@k", "nDCG@k"), ("old_hit_rate", "HitRate@k, earlier events")]),
+    "memory_over_time.png": ("Memory over the stream", [("hot_items", "hot items"), ("warm_items", "warm items"),
+                                                         ("evicted", "evicted")]),
+    "safe_at_k_over_time.png": ("Certified answers", [("safe@1", "Safe@1 rate"), ("safe@k", "Safe@k rate"),
+                                                       ("crude_safe@1", "crude rule @1")]),
+    "latency_over_time.png": ("Query latency per query", [("latency_p50_ms", "p50 ms"), ("latency_p99_ms", "p99 ms")]),
+}
+
+
+def summarise(series: list[dict], k: int) -> dict:
+    """Whole-run figures: query-weighted means of the rates, latency medians, final memory state."""
+    if not series:
+        return {}
+    q = np.array([p["queries"] for p in series], np.float64)
+    w = q / max(q.sum(), 1.0)
+
+    def wmean(key):
+        v = np.array([p[key] for p in series], np.float64)
+        ok = np.isfinite(v)
+        return float((v[ok] * w[ok]).sum() / max(w[ok].sum(), 1e-12)) if ok.any() else math.nan
+
+    last = series[-1]
+    lat50 = [p["latency_p50_ms"] for p in series if math.isfinite(p["latency_p50_ms"])]
+    lat99 = [p["latency_p99_ms"] for p in series if math.isfinite(p["latency_p99_ms"])]
+    return {"k": k, "queries": int(q.sum()), "events": last["events"],
+            **{f"{m.replace('@k', f'@{k}')}": wmean(m) for m in ("hit_rate@k", "recall@k", "mrr@k", "ndcg@k")},
+            "safe@1": wmean("safe@1"), f"safe@{k}": wmean("safe@k"), "crude_safe@1": wmean("crude_safe@1"),
+            "fresh_hit_rate": wmean("fresh_hit_rate"), "old_hit_rate": wmean("old_hit_rate"),
+            "epsilon_last": last["epsilon"], "epsilon_source": last["epsilon_source"], "zeta_max_last": last["zeta_max"],
+            "latency_p50_ms": float(np.median(lat50)) if lat50 else math.nan,
+            "latency_p99_ms": float(np.median(lat99)) if lat99 else math.nan,
+            "ingest_per_s": float(np.median([p["ingest_per_s"] for p in series])),
+            "hot_items": last["hot_items"], "warm_items": last["warm_items"], "evicted": last["evicted"],
+            "dropped": last["dropped"], "hot_bytes": last["hot_bytes"], "warm_bytes": last["warm_bytes"],
+            "wall_s": last["wall_s"]}
+
+
+def write_report(series: list[dict], summary: dict, out_dir: str | Path, extra: dict | None = None) -> dict[str, Path]:
+    """Writes ``report.json`` and the PNG plots into ``out_dir``; returns their paths by name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"report": out / "report.json"}
+    clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731
+    payload = {"summary": {k: clean(v) for k, v in summary.items()},
+               "series": [{k: clean(v) for k, v in p.items()} for p in series], **(extra or {})}
+    tmp = paths["report"].with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(paths["report"])
+    x = [p["events"] for p in series]
+    for name, (title, curves) in PLOTS.items():
+        fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+        for key, label in curves:
+            ax.plot(x, [p[key] for p in series], marker=".", label=label)
+        ax.set_xlabel("events ingested")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name)
+        plt.close(fig)
+        paths[name.removesuffix(".png")] = out / name
+    return paths

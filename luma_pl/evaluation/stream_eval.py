@@ -1,0 +1,337 @@
+"""Streaming replay evaluation: interleaved ingest and query events through the memory and bridge.
+
+Each replay batch (docs/architecture.md) is one step of the stream:
+
+1. **ingest**: the batch's canonical item vectors (``item_space``) go through admission (optional)
+   into the memory; under DDP each rank keeps the ids it owns (``ShardedMemory``);
+2. **bridge**: the batch's anchor pairs (``source_space`` -> ``item_space``) update the streaming
+   Procrustes bridge (``fit_bridge``), or the bridge loaded from a train.py checkpoint stays frozen;
+3. **queries**: ``fresh_queries`` of this batch's events and ``old_queries`` drawn from every
+   earlier event (memory retention) ask their source-space query (``query_space``), bridged into
+   canonical space; the relevant item is the event's own item;
+4. **telemetry**: HitRate/Recall/MRR/nDCG@k, the Safe@1/Safe@k certificate (DESIGN section 6) with
+   the ε actually used, ζ, latency, RAM per tier, drops and evictions, aggregated per window of
+   ``window_batches`` batches and logged (W&B / CSV through the Trainer's loggers).
+
+DDP: every rank replays the *whole* stream (``StreamReplayDataModule(replicate=True)``), so the
+global step is identical everywhere; the work is split: ids by owner rank, anchor pairs and
+queries by row index. Window sums are all-reduced, so N ranks report exactly the metrics of one
+process (the test checks this). The certificate under DDP bounds pair distances by 2 (``cap``):
+a rank does not hold the other shards' vectors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from luma_pl.admission.pipeline import AdmissionConfig, AdmissionPipeline
+from luma_pl.bridge.procrustes import ProcrustesConfig, StreamingProcrustes
+from luma_pl.configuration import StrictConfig, require
+from luma_pl.memory import MemoryConfig, TieredMemory
+from luma_pl.memory.sharded import ShardedMemory
+from luma_pl.metrics import functional as MF
+from luma_pl.telemetry import safe_at_k as S
+from luma_pl.telemetry.functional import EPSILON_SOURCES
+
+# window sums, all-reduced across ranks: one float64 vector in this order
+SUMS = ("queries", "hit", "recall", "mrr", "ndcg", "safe1", "safek", "crude1",
+        "eps_q", "zeta1", "margin_top2", "ingested", "fresh_queries_hit", "fresh_queries", "old_queries_hit",
+        "old_queries")
+
+
+@dataclasses.dataclass
+class StreamEvalConfig(StrictConfig):
+    """What the replay evaluation measures and how."""
+
+    item_space: str = "minilm"
+    """Batch ``emb`` key of the canonical item vectors that are ingested."""
+    source_space: str = "wordllama"
+    """Batch ``emb`` key of the source-space anchors (paired with ``item_space``)."""
+    query_space: str = "query_wordllama"
+    """Batch ``emb`` key of the source-space queries; the relevant item is the event's own item."""
+    k: int = 10
+    """Cut-off of every metric and of Safe@k."""
+    fresh_queries: int = 32
+    """Queries per batch about this batch's events."""
+    old_queries: int = 32
+    """Queries per batch about earlier events (uniform over all events seen so far)."""
+    window_batches: int = 4
+    """Batches per reported point of the time series."""
+    fit_bridge: bool = True
+    """Keep fitting the Procrustes bridge on the stream's anchor pairs (False: frozen bridge)."""
+    bridge_checkpoint: str | None = None
+    """A train.py checkpoint (loaded with weights_only=True) whose bridge starts the evaluation."""
+    epsilon_source: str = "interval"
+    """ε of the certificate: 'interval' (drift over the last refresh), 'reference', 'frozen' (0; only
+    valid with fit_bridge=False) or 'given' (``epsilon_value``)."""
+    epsilon_value: float | None = None
+    """ε when ``epsilon_source='given'``."""
+    rescore: bool = True
+    """Re-score warm PQ candidates exactly from the originals (ζ = 0 on those hits)."""
+    certificate_distances: str = "auto"
+    """'vectors' (true/x̂ pair distances; one process only), 'cap' (||x_i - x_j|| <= 2), 'auto'."""
+    seed: int = 0
+    """Seed of the query sampling (identical on every rank)."""
+    report_dir: str | None = "artifacts/eval"
+    """Where rank 0 writes report.json and the PNG plots at the end (None: no files)."""
+
+    def validate(self) -> None:
+        n = "StreamEvalConfig"
+        require(self.k >= 1, n, "k", self.k, "use k >= 1")
+        require(self.fresh_queries >= 0 and self.old_queries >= 0, n, "fresh_queries/old_queries",
+                (self.fresh_queries, self.old_queries), "use counts >= 0")
+        require(self.window_batches >= 1, n, "window_batches", self.window_batches, "use >= 1")
+        require(self.epsilon_source in EPSILON_SOURCES, n, "epsilon_source", self.epsilon_source,
+                f"use one of {EPSILON_SOURCES}")
+        require(not (self.epsilon_source == "frozen" and self.fit_bridge), n, "epsilon_source",
+                self.epsilon_source, "ε = 0 is only valid for a frozen bridge: set fit_bridge=False or use 'interval'")
+        require(self.certificate_distances in ("auto", "vectors", "cap"), n, "certificate_distances",
+                self.certificate_distances, "use 'auto', 'vectors' or 'cap'")
+
+
+def event_ids(keys: list[str]) -> np.ndarray:
+    """Stable int64 id per event key (blake2b, identical on every rank, machine and run)."""
+    out = np.empty(len(keys), np.int64)
+    for i, k in enumerate(keys):
+        out[i] = int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") & (2**62 - 1)
+    return out
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class StreamEvaluator(pl.LightningModule):
+    """Runs the evaluation in ``test_step``; ``trainer.test(evaluator, datamodule)`` drives it.
+
+    ``self.memory`` (TieredMemory, or ShardedMemory under DDP) is what the admission, migration and
+    Safe@k callbacks find on the module. ``self.series`` holds the time series (rank 0 writes the
+    report, see ``luma_pl.evaluation.report``).
+    """
+
+    def __init__(self, eval: StreamEvalConfig | dict | None = None, bridge: ProcrustesConfig | dict | None = None,
+                 memory: MemoryConfig | dict | None = None, admission: AdmissionConfig | dict | None = None,
+                 memory_dir: str | None = None) -> None:
+        super().__init__()
+        self.cfg = _as(StreamEvalConfig, eval)
+        self.bridge_cfg = _as(ProcrustesConfig, bridge)
+        self.memory_cfg = _as(MemoryConfig, memory)
+        self.admission_cfg = None if admission is None else _as(AdmissionConfig, admission)
+        self.memory_dir = memory_dir
+        self.save_hyperparameters({"eval": self.cfg.to_dict(), "bridge": self.bridge_cfg.to_dict(),
+                                   "memory": self.memory_cfg.to_dict(),
+                                   "admission": None if self.admission_cfg is None else self.admission_cfg.to_dict()})
+        self.bridge = StreamingProcrustes(self.bridge_cfg)
+        self.memory = None
+        self.admission = None
+        self.series: list[dict] = []
+
+    # --- set-up ---------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        rank, world = _world()
+        local = TieredMemory(self.memory_cfg, directory=None if self.memory_dir is None
+                             else f"{self.memory_dir}/rank{rank}")
+        self.memory = ShardedMemory(local) if world > 1 else local
+        if self.admission_cfg is not None:
+            self.admission = AdmissionPipeline(self.admission_cfg, dim=self.memory_cfg.dim)
+        if self.cfg.bridge_checkpoint:
+            ckpt = torch.load(self.cfg.bridge_checkpoint, map_location="cpu", weights_only=True)
+            state = {k[len("bridge."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("bridge.")}
+            if not state:
+                raise ValueError(f"bridge_checkpoint={self.cfg.bridge_checkpoint!r} holds no 'bridge.*' state; "
+                                 "pass a checkpoint written by train.py with a Procrustes bridge")
+            self.bridge.load_state_dict(state)
+            self.bridge.set_reference()  # the stored vectors are compared against this bridge
+        self._rng = np.random.default_rng(self.cfg.seed)
+        self._pool_a: list[np.ndarray] = []  # earlier events' source queries (n, d_s) chunks
+        self._pool_id: list[np.ndarray] = []
+        self._reset_window()
+        self._t0 = time.perf_counter()
+        self._events = 0
+        self._batches = 0
+
+    def _reset_window(self) -> None:
+        self._sums = np.zeros(len(SUMS), np.float64)
+        self._lat: list[float] = []
+        self._ingest_s = 0.0
+
+    @property
+    def local_memory(self) -> TieredMemory:
+        return getattr(self.memory, "local", self.memory)
+
+    # --- one stream step ------------------------------------------------------------------------
+    @torch.no_grad()
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        rank, world = _world()
+        cfg = self.cfg
+        B = len(batch["key"])
+        ids = event_ids(batch["key"])
+        emb, has = batch.get("emb", {}), batch.get("has", {})
+        item_ok = has[cfg.item_space].numpy() if B else np.zeros(0, bool)
+
+        # 1. ingest (timed): every rank sees the same batch; each keeps the ids it owns
+        t = time.perf_counter()
+        if B and item_ok.any():
+            x = emb[cfg.item_space].numpy()[item_ok]
+            if self.admission is not None:
+                self.admission.ingest_items(self.memory, ids[item_ok], x)
+            else:
+                self.memory.insert(ids[item_ok], x)
+        self._ingest_s += time.perf_counter() - t
+        self._sums[SUMS.index("ingested")] += int(item_ok.sum())
+
+        # 2. bridge: this rank's share of the anchor pairs; fit_step all-reduces the increments
+        if cfg.fit_bridge:
+            if B:
+                pair = has[cfg.source_space] & has[cfg.item_space]
+                pair[torch.arange(B) % world != rank] = False
+                s, c = emb[cfg.source_space][pair], emb[cfg.item_space][pair]
+            else:
+                s = torch.zeros(0, self.bridge_cfg.d_s)
+                c = torch.zeros(0, self.bridge_cfg.d_c)
+            self.bridge.fit_step(s.double(), c.double())
+
+        # 3. queries: the same global selection on every rank, rows split by rank
+        a, target, fresh = self._select_queries(batch, ids, B)
+        mine = np.arange(len(target)) % world == rank
+        a, target, fresh = a[mine], target[mine], fresh[mine]
+        if int(self.bridge.refreshes) > 0:  # a bridge that never refreshed maps nothing yet
+            self._ask(a, target, fresh)
+        elif world > 1:
+            self._ask(a[:0], target[:0], fresh[:0])  # the sharded search is a collective
+        self._batches += 1
+        self._events += B
+        if self._batches % cfg.window_batches == 0:
+            self._close_window()
+
+    def _select_queries(self, batch: dict, ids: np.ndarray, B: int):
+        cfg = self.cfg
+        d_s = self.bridge_cfg.d_s
+        q_ok = batch["has"][cfg.query_space].numpy() if B else np.zeros(0, bool)
+        qa = batch["emb"][cfg.query_space].numpy() if B else np.zeros((0, d_s), np.float32)
+        fresh_rows = np.flatnonzero(q_ok)
+        fresh_rows = self._rng.permutation(fresh_rows)[: cfg.fresh_queries]
+        a = [qa[fresh_rows]]
+        target = [ids[fresh_rows]]
+        fresh = [np.ones(len(fresh_rows), bool)]
+        n_pool = sum(len(p) for p in self._pool_id)
+        if cfg.old_queries and n_pool:
+            pool_a, pool_id = np.concatenate(self._pool_a), np.concatenate(self._pool_id)
+            self._pool_a, self._pool_id = [pool_a], [pool_id]
+            pick = self._rng.integers(0, n_pool, size=min(cfg.old_queries, n_pool))
+            a.append(pool_a[pick])
+            target.append(pool_id[pick])
+            fresh.append(np.zeros(len(pick), bool))
+        self._pool_a.append(qa[q_ok])  # this batch's events become "earlier events" from the next step
+        self._pool_id.append(ids[q_ok])
+        return (np.concatenate(a).astype(np.float32), np.concatenate(target), np.concatenate(fresh))
+
+    def _ask(self, a: np.ndarray, target: np.ndarray, fresh: np.ndarray) -> None:
+        cfg = self.cfg
+        k = cfg.k
+        q, a_norm, u_norm = S.bridge_queries(self.bridge, torch.from_numpy(a))  # (Q, d_c)
+        t = time.perf_counter()
+        # k + 1 candidates: the certificate compares the top-k against the next one
+        res = self.memory.search(q.numpy(), k + 1, rescore=cfg.rescore, record_hits=True)
+        if len(a):
+            self._lat.append((time.perf_counter() - t) / len(a))
+        if not len(a):
+            return
+        # metrics through the functional core: the k returned ranks as descending scores, plus one
+        # column for the relevant item when it is not in the top-k (so the ideal DCG counts it)
+        rel = torch.from_numpy(res.ids[:, :k] == target[:, None])  # (Q, k): one relevant item per query
+        found = rel.any(1)
+        scores = torch.cat([torch.arange(k, 0, -1, dtype=torch.float64).expand(len(a), k),
+                            torch.zeros(len(a), 1, dtype=torch.float64)], dim=1)  # (Q, k + 1)
+        rel_full = torch.cat([rel, ~found[:, None]], dim=1)
+        per = {m: MF.per_query(m, scores, rel_full, k)[0] for m in ("hit_rate", "recall", "mrr", "ndcg")}
+        hit = per["hit_rate"]
+        choice = S.choose_epsilon(self.bridge, cfg.epsilon_source, cfg.epsilon_value)
+        eps_q = S.query_epsilon(choice, a_norm, u_norm)
+        rank, world = _world()
+        mode = cfg.certificate_distances
+        if mode == "auto":
+            mode = "vectors" if world == 1 else "cap"
+        cert = S.certify_search(res, k, eps_q, memory=self.local_memory if mode == "vectors" else None,
+                                rescored=cfg.rescore, distances=mode)
+        sums = self._sums
+        for name, v in (("queries", len(a)), ("hit", hit.sum()), ("recall", per["recall"].sum()),
+                        ("mrr", per["mrr"].sum()), ("ndcg", per["ndcg"].sum()), ("safe1", cert.safe_at_1.sum()),
+                        ("safek", cert.safe_at_k.sum()), ("crude1", cert.crude_safe_at_1.sum()), ("eps_q", eps_q.clamp(max=1e6).sum()),
+                        ("zeta1", torch.as_tensor(cert.zeta_1).sum()),
+                        ("margin_top2", torch.as_tensor(cert.margin_top2).nan_to_num(0.0).sum()),
+                        ("fresh_queries", fresh.sum()), ("fresh_queries_hit", hit[torch.from_numpy(fresh)].sum()),
+                        ("old_queries", (~fresh).sum()), ("old_queries_hit", hit[torch.from_numpy(~fresh)].sum())):
+            sums[SUMS.index(name)] += float(v)
+        self._eps_used = (choice.value, choice.source)
+
+    def _close_window(self) -> None:
+        sums = torch.from_numpy(self._sums.copy())
+        lat = np.asarray(self._lat, np.float64)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)
+        s = dict(zip(SUMS, sums.tolist(), strict=True))
+        nq = max(s["queries"], 1.0)
+        mem = self.local_memory
+        stats = mem.stats()
+        by_tier = mem.bytes_by_tier()
+        point = {"batch": self._batches, "events": self._events, "queries": s["queries"],
+                 "hit_rate@k": s["hit"] / nq, "recall@k": s["recall"] / nq, "mrr@k": s["mrr"] / nq,
+                 "ndcg@k": s["ndcg"] / nq, "safe@1": s["safe1"] / nq, "safe@k": s["safek"] / nq,
+                 "crude_safe@1": s["crude1"] / nq, "epsilon": float(getattr(self, "_eps_used", (math.inf,))[0]),
+                 "epsilon_source": getattr(self, "_eps_used", (0, self.cfg.epsilon_source))[1],
+                 "mean_eps_q": s["eps_q"] / nq, "mean_zeta1": s["zeta1"] / nq, "zeta_max": float(stats["zeta_max"]),
+                 "fresh_hit_rate": s["fresh_queries_hit"] / max(s["fresh_queries"], 1.0),
+                 "old_hit_rate": s["old_queries_hit"] / max(s["old_queries"], 1.0),
+                 "latency_p50_ms": float(np.median(lat) * 1e3) if len(lat) else math.nan,
+                 "latency_p99_ms": float(np.quantile(lat, 0.99) * 1e3) if len(lat) else math.nan,
+                 "ingest_per_s": s["ingested"] / max(self._ingest_s, 1e-9),
+                 "hot_items": stats["hot"], "warm_items": stats["warm"] + stats["buffer"], "evicted": stats["evicted"],
+                 "hot_bytes": by_tier["hot"], "warm_bytes": by_tier["warm"],
+                 "dropped": float(self.admission.prefilter.dropped) if self.admission is not None else 0.0,
+                 "wall_s": time.perf_counter() - self._t0}
+        self.series.append(point)
+        for key, v in point.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.log(f"eval/{key}", float(v), on_step=True, on_epoch=False, rank_zero_only=True)
+        self._reset_window()
+
+    def on_test_epoch_end(self) -> None:
+        if self._batches % self.cfg.window_batches:
+            self._close_window()
+
+    def on_test_end(self) -> None:
+        # written here, not by the caller: under a spawning launcher only the workers hold the series
+        from luma_pl.evaluation.report import summarise, write_report
+
+        self.summary = summarise(self.series, self.cfg.k)
+        if self.cfg.report_dir is None or not self.trainer.is_global_zero:
+            return
+        self.report_paths = write_report(self.series, self.summary, self.cfg.report_dir, extra={
+            "config": {"eval": self.cfg.to_dict(), "bridge": self.bridge_cfg.to_dict(),
+                       "memory": self.memory_cfg.to_dict(), "world_size": self.trainer.world_size}})
+        for logger in self.trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                plots = {n: p for n, p in self.report_paths.items() if n != "report"}
+                logger.experiment.summary.update({f"eval_summary/{k}": v for k, v in self.summary.items()
+                                                  if isinstance(v, (int, float))})
+                logger.log_image("eval/plots", [str(p) for p in plots.values()], caption=list(plots))
+
+
+def _as(cls, value):
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        value.validate()
+        return value
+    return cls.from_dict(value)
