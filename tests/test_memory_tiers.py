@@ -129,6 +129,9 @@ def test_config_rejects_bad_values_with_names():
     cfg = MemoryConfig(dim=512, warm_max_items=1_000_000, warm_max_bytes=1 << 40)
     assert cfg.resolved_nlist() == 4000  # ~4 sqrt(N)
     assert cfg.resolved_nprobe() == 4000 // 64 + 1 and MemoryConfig(nprobe=7).resolved_nprobe() == 7  # nlist/64
+    # oversample scales with the warm size (measured: 10 suffices at 100k, ~60 needed at 1M), capped
+    assert [cfg.resolved_oversample(n) for n in (0, 90_000, 900_000, 10**8)] == [10, 10, 60, 100]
+    assert MemoryConfig(oversample=3).resolved_oversample(10**6) == 3
 
 
 def test_originals_append_read_and_ignore_uncommitted_tail(tmp_path):

@@ -315,7 +315,11 @@ class TieredMemory:
 
     def migrate(self) -> int:
         """Promote warm items with >= promote_min_hits hits (most hit first), up to half the hot
-        capacity per call so a burst cannot flush the whole hot tier; return how many moved."""
+        capacity per call so a burst cannot flush the whole hot tier; return how many moved.
+
+        Triggered automatically every ``migrate_every_n_searches`` recorded searches when that setting
+        is > 0 (default 0: the caller decides; no TierMigration callback exists in callbacks/ yet, one
+        can call this method or set the field)."""
         keys = np.concatenate([self.keys_in(WARM), self.keys_in(BUFFER)])
         keys = keys[self.hits[keys] >= self.cfg.promote_min_hits]
         keys = keys[np.argsort(-self.hits[keys], kind="stable")][: max(1, self._hot_capacity() // 2)]
@@ -334,11 +338,12 @@ class TieredMemory:
     def search(self, queries, k: int, oversample: int | None = None, rescore: bool = True,
                record_hits: bool = True) -> SearchResult:
         """Top-k over all tiers for (Q, d) queries. With ``rescore``, the warm IVF returns
-        oversample*k PQ candidates, re-scored exactly from the originals (zeta 0)."""
+        oversample*k PQ candidates (default: ``cfg.resolved_oversample`` of the warm size), re-scored
+        exactly from the originals (zeta 0)."""
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k={k!r} is invalid; ask for k >= 1 results")
         q = self._check_vectors(queries, None, name="queries", unit=False)
-        os_ = self.cfg.oversample if oversample is None else int(oversample)
+        os_ = self.cfg.resolved_oversample(self.warm.ivf_count) if oversample is None else int(oversample)
         if os_ < 1:
             raise ValueError(f"oversample={oversample} is invalid; use >= 1")
         kw = k * os_ if rescore else k
@@ -352,7 +357,8 @@ class TieredMemory:
             valid = wk >= 0
             safe = np.where(valid, wk, 0)
             if rescore:  # exact scores from the originals: these hits carry zeta 0
-                exact = np.einsum("qd,qkd->qk", q, self.originals.get(safe.ravel()).reshape(*safe.shape, -1))
+                cand = self.originals.get(safe.ravel()).reshape(*safe.shape, -1)  # (Q, c, d)
+                exact = np.matmul(cand, q[:, :, None])[..., 0]  # batched gemv (BLAS), not einsum
                 ws = np.where(valid, exact, -np.inf).astype(np.float32)
                 parts.append((ws, wk, WARM, None))
             else:
