@@ -27,6 +27,14 @@ class LumaCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         limit_cpu_threads()
 
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        # a checkpoint from elsewhere must never run code: load it with weights_only=True unless the
+        # user explicitly asks otherwise (our checkpoints hold tensors and primitives only)
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if "weights_only" in self._subcommand_method_arguments[subcommand] and kwargs.get("weights_only") is None:
+            kwargs["weights_only"] = True
+        return kwargs
+
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> LumaCLI:
     return LumaCLI(

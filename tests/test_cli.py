@@ -16,8 +16,15 @@ CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_config_instantiates(config, tmp_path):
-    cli = cli_main(["--config", str(config), "--data.root", str(tmp_path), "--trainer.default_root_dir", str(tmp_path)],
-                   run=False)
+    args = ["--config", str(config), "--data.root", str(tmp_path), "--trainer.default_root_dir", str(tmp_path)]
+    if config.name.startswith("eval"):  # evaluate.py's configs
+        from data_modules.stream_replay import StreamReplayDataModule
+        from evaluate import EvalCLI
+        from luma_pl.evaluation.stream_eval import StreamEvaluator
+
+        cli = EvalCLI(StreamEvaluator, StreamReplayDataModule, run=False, args=args)
+    else:
+        cli = cli_main(args, run=False)
     assert cli.model is not None and cli.datamodule is not None
 
 

@@ -15,22 +15,24 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 from luma_pl.bridge.procrustes import ProcrustesConfig, StreamingProcrustes
+from luma_pl.memory import MemoryConfig
 from luma_pl.modules.common import BridgeModuleBase, BridgeModuleConfig, as_config
 
 
 class ProcrustesBridgeModule(BridgeModuleBase):
     def __init__(self, bridge: ProcrustesConfig | dict | None = None, module: BridgeModuleConfig | dict | None = None,
-                 encoders: dict | None = None) -> None:
+                 encoders: dict | None = None, memory: MemoryConfig | dict | None = None, memory_dir: str | None = None) -> None:
         super().__init__()
         bcfg = as_config(ProcrustesConfig, bridge)
         self.cfg = as_config(BridgeModuleConfig, module)
         # hparams as plain dicts: checkpoints stay loadable with weights_only=True
-        self.save_hyperparameters({"bridge": bcfg.to_dict(), "module": self.cfg.to_dict()})
         self.automatic_optimization = False
         self.bridge = StreamingProcrustes(bcfg)
         self.dims = {self.cfg.source_space: bcfg.d_s, self.cfg.query_space: bcfg.d_s,
                      self.cfg.canonical_space: bcfg.d_c, self.cfg.item_space: bcfg.d_c}
         self._set_encoders(encoders)
+        self._set_memory(memory, memory_dir)
+        self.save_init_hparams(bridge=bcfg.to_dict(), module=self.cfg.to_dict())
 
     def configure_optimizers(self):
         return None  # closed-form solve: nothing to optimise

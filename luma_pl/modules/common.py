@@ -74,6 +74,40 @@ class BridgeModuleBase(LightningModule):
         for enc in self._encoders.values():
             enc.to(self.device)
 
+    def save_init_hparams(self, **configs) -> None:
+        """hparams = the init arguments as plain dicts (checkpoints stay loadable with
+        weights_only=True), plus ``_class_path`` so ``train.py fit --ckpt_path`` can rebuild the
+        module from the checkpoint the way LightningCLI expects."""
+        cls = type(self)
+        self.save_hyperparameters({
+            "_class_path": f"{cls.__module__}.{cls.__qualname__}", **configs,
+            "memory": None if self.memory_cfg is None else self.memory_cfg.to_dict(), "memory_dir": self.memory_dir})
+
+    # --- the memory the callbacks drive ------------------------------------------------------------
+    def _set_memory(self, memory, memory_dir: str | None) -> None:
+        """``memory``: a MemoryConfig (or dict) -> ``self.memory`` is built in ``setup``, where the
+        process group exists (a ShardedMemory under DDP). The admission, migration, Safe@k and
+        memory-checkpoint callbacks find it as ``pl_module.memory``; None = no memory."""
+        from luma_pl.memory import MemoryConfig
+
+        self.memory_cfg = None if memory is None else as_config(MemoryConfig, memory)
+        self.memory_dir = memory_dir
+        self.memory = None
+
+    def setup(self, stage: str) -> None:
+        if getattr(self, "memory_cfg", None) is None or self.memory is not None:
+            return
+        import torch.distributed as dist
+
+        from luma_pl.memory import TieredMemory
+        from luma_pl.memory.sharded import ShardedMemory
+
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        rank = dist.get_rank() if world > 1 else 0
+        folder = None if self.memory_dir is None else f"{self.memory_dir}/rank{rank}"
+        local = TieredMemory(self.memory_cfg, directory=folder)
+        self.memory = ShardedMemory(local) if world > 1 else local
+
     # --- reading a batch ----------------------------------------------------------------------
     def space(self, batch: dict, space: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(emb (B, d), has (B,))`` for a space, from the batch or encoded from raw media."""

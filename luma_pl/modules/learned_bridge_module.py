@@ -14,6 +14,7 @@ import torch
 
 from luma_pl.bridge.learned import LearnedBridge, LearnedBridgeConfig
 from luma_pl.configuration import StrictConfig, require
+from luma_pl.memory import MemoryConfig
 from luma_pl.modules.common import BridgeModuleBase, BridgeModuleConfig, as_config
 
 
@@ -31,16 +32,18 @@ class OptimConfig(StrictConfig):
 
 class LearnedBridgeModule(BridgeModuleBase):
     def __init__(self, bridge: LearnedBridgeConfig | dict | None = None, module: BridgeModuleConfig | dict | None = None,
-                 optim: OptimConfig | dict | None = None, encoders: dict | None = None) -> None:
+                 optim: OptimConfig | dict | None = None, encoders: dict | None = None,
+                 memory: MemoryConfig | dict | None = None, memory_dir: str | None = None) -> None:
         super().__init__()
         bcfg = as_config(LearnedBridgeConfig, bridge)
         self.cfg = as_config(BridgeModuleConfig, module)
         self.optim = as_config(OptimConfig, optim)
-        self.save_hyperparameters({"bridge": bcfg.to_dict(), "module": self.cfg.to_dict(), "optim": self.optim.to_dict()})
         self.bridge = LearnedBridge(bcfg)
         self.dims = {self.cfg.source_space: bcfg.d_s, self.cfg.query_space: bcfg.d_s,
                      self.cfg.canonical_space: bcfg.d_c, self.cfg.item_space: bcfg.d_c}
         self._set_encoders(encoders)
+        self._set_memory(memory, memory_dir)
+        self.save_init_hparams(bridge=bcfg.to_dict(), module=self.cfg.to_dict(), optim=self.optim.to_dict())
 
     def configure_optimizers(self):
         decay = [p for n, p in self.bridge.named_parameters() if p.requires_grad and n != "log_scale"]

@@ -124,11 +124,14 @@ class OnlineAudit:
 
     # checkpoint state: tensors and primitives only
     def state_dict(self) -> dict:
-        return {"q_prev": self.q_prev, "eps_prev": self.eps_prev, "eps_prev_value": self.eps_prev_value,
+        # the probe set is part of the state: q_prev rows are these probes, bridged
+        return {"probes": self.probes, "q_prev": self.q_prev, "eps_prev": self.eps_prev, "eps_prev_value": self.eps_prev_value,
                 "refreshes": self.refreshes, "totals": dict(self.totals),
                 "epsilon_source_used": getattr(self, "epsilon_source_used", self.epsilon_source)}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("probes") is not None:
+            self.probes = torch.as_tensor(state["probes"], dtype=torch.float32)
         self.q_prev = state.get("q_prev")
         self.eps_prev = state.get("eps_prev")
         self.eps_prev_value = float(state.get("eps_prev_value", float("nan")))
