@@ -1,14 +1,16 @@
 """The embedded-default demo: ``make demo`` / ``python -m luma_pl.demo``.
 
-End to end on real data with no download:
+End to end on real data with no download, through the same entry points a user runs:
 1. build (or reuse) the demo corpus: docstrings of installed packages embedded by the packaged
    WordLlama (source space, plays CLAP) and MiniLM (canonical space, plays CLIP) encoders, written
    as WebDataset block shards;
-2. replay the shards as a stream through a real Lightning ``Trainer`` fitting the streaming
-   Procrustes bridge on the anchor pairs (WordLlama item text, MiniLM item text);
-3. validate: source-space queries (qualified name + signature, WordLlama) bridged into MiniLM space
-   and searched against every item, next to native MiniLM queries as the ceiling;
-4. print a results table and where the shards, logs and report are.
+2. ``train.py fit --config configs/default.yaml``: replay the shards as a stream, fit the streaming
+   Procrustes bridge, admit items into the tiered memory (heavy hitters), migrate tiers, log Safe@k
+   telemetry to offline W&B + CSV, checkpoint atomically;
+3. ``evaluate.py --config configs/eval_default.yaml`` twice: the trained bridge frozen (ε = 0, the
+   certificate covers compression only) and a bridge that keeps learning on the stream (ε = drift
+   over the last refresh interval);
+4. print a results table and where the report, plots and offline W&B runs are.
 """
 
 from __future__ import annotations
@@ -18,34 +20,13 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from luma_pl.threads import limit_cpu_threads
 
-
-def _native_metrics(corpus, ks=(1, 10)) -> dict[str, float]:
-    """Retrieval with native canonical queries: query_minilm vs all minilm items (the ceiling)."""
-    from luma_pl.corpus import event_arrays
-    from luma_pl.metrics import functional as F
-
-    ev = event_arrays(corpus)
-    q = torch.from_numpy(ev["emb"]["query_minilm"])  # (n, 384), one query per event
-    x = torch.from_numpy(ev["emb"]["minilm"])  # (n, 384), the event's item
-    out = {}
-    for i in range(0, q.shape[0], 1024):
-        s = q[i : i + 1024] @ x.T  # (chunk, n)
-        rel = torch.zeros_like(s, dtype=torch.bool)
-        rel[torch.arange(s.shape[0]), i + torch.arange(s.shape[0])] = True
-        for k in ks:
-            for name in ("recall", "mrr", "ndcg", "hit_rate"):
-                v = F.per_query(name, s, rel, k)[0].sum().item()  # (values, counted)
-                out[f"{name}@{k}"] = out.get(f"{name}@{k}", 0.0) + v
-    return {key: v / q.shape[0] for key, v in out.items()}
+REPO = Path(__file__).resolve().parents[1]
 
 
 def build_shards(out: Path, packages: list[str], max_items: int | None) -> dict:
-    """Demo corpus -> block shards in ``out`` (reused when the corpus report matches)."""
+    """Demo corpus -> block shards in ``out`` (the embedded corpus is cached on disk)."""
     from data_modules.build_shards import build_demo
 
     args = argparse.Namespace(packages=packages, max_items=max_items, cache_dir=None, device="cpu",
@@ -53,66 +34,98 @@ def build_shards(out: Path, packages: list[str], max_items: int | None) -> dict:
     return build_demo(args)
 
 
+def _loggers(folder: Path) -> str:
+    """``--trainer.logger`` value: CSV + offline W&B, both writing under ``folder``."""
+    return json.dumps([
+        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(folder), "name": "csv"}},
+        {"class_path": "lightning.pytorch.loggers.WandbLogger",
+         "init_args": {"save_dir": str(folder), "project": "luma-pl", "offline": True}}])
+
+
+def _finish_wandb() -> None:
+    """Close the stage's W&B run: in one process a new WandbLogger would otherwise reuse it."""
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
+
+
+def _fmt(v, spec: str = ".3f") -> str:
+    return "-" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m luma_pl.demo", description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="artifacts/demo", help="output folder (shards, logs, report)")
+    p.add_argument("--out", default="artifacts/demo", help="output folder (shards, runs, reports)")
     p.add_argument("--packages", nargs="+", default=["numpy", "scipy"], help="packages whose docstrings make the corpus")
     p.add_argument("--max-items", type=int, default=None, help="cap on corpus items (default: all)")
-    p.add_argument("--batch-size", type=int, default=256, help="events per replay batch")
-    p.add_argument("--refresh-every", type=int, default=500, help="bridge refresh period R in anchor pairs")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per rank")
     args = p.parse_args(argv)
     limit_cpu_threads()
-    import lightning.pytorch as pl
-    from lightning.pytorch.loggers import CSVLogger
+    from evaluate import run_evaluation
+    from train import cli_main
 
-    from callbacks.replay_stats import ReplayStatsLogger
-    from data_modules.stream_replay import StreamReplayDataModule
-    from luma_pl.corpus import DemoCorpusConfig, DocstringCorpusConfig, build_demo_corpus
-    from luma_pl.modules.bridge_module import ProcrustesBridgeModule
-
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     t0 = time.perf_counter()
-    print(f"[1/3] demo corpus and shards -> {out / 'shards'} (first build embeds every text; cached after)")
+    print(f"[1/4] demo corpus -> shards in {out / 'shards'} (the first build embeds every text; cached after)", flush=True)
     report = build_shards(out / "shards", args.packages, args.max_items)
     t_corpus = time.perf_counter() - t0
 
-    print("[2/3] replaying the stream through Lightning: streaming Procrustes WordLlama -> MiniLM")
-    dm = StreamReplayDataModule(root=str(out / "shards"), batch_size=args.batch_size, num_workers=args.num_workers)
-    module = ProcrustesBridgeModule(bridge={"d_s": 256, "d_c": 384, "refresh_every": args.refresh_every})
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=CSVLogger(str(out), name="logs"),
-                         callbacks=[ReplayStatsLogger(every_n_batches=5)], log_every_n_steps=5,
-                         enable_checkpointing=False, num_sanity_val_steps=0, enable_model_summary=False)
+    print("[2/4] train.py fit: streaming Procrustes WordLlama -> MiniLM with admission, migration, Safe@k", flush=True)
+    train_dir = out / "train"
     t1 = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
-    t_fit = time.perf_counter() - t1
-    # the bridge may not have refreshed on the last partial interval: solve once more on all pairs
-    module.bridge.refresh()
-    print("[3/3] validation: bridged queries vs all items")
-    val = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    cli = cli_main(["fit", "--config", str(REPO / "configs" / "default.yaml"), "--data.root", str(out / "shards"),
+                    "--trainer.default_root_dir", str(train_dir), "--trainer.logger", _loggers(train_dir),
+                    "--trainer.callbacks.dirpath", str(train_dir / "checkpoints")])
+    t_train = time.perf_counter() - t1
+    _finish_wandb()
+    ckpt = train_dir / "checkpoints" / "last.ckpt"
+    val = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith(("val/", "safe/", "replay/"))}
+    bridge = cli.model.bridge
 
-    corpus = build_demo_corpus(DemoCorpusConfig(corpus=DocstringCorpusConfig(packages=tuple(args.packages),
-                                                                             max_items=args.max_items)))
-    native = _native_metrics(corpus)
-    rows = [("native MiniLM queries (ceiling)", native),
-            ("WordLlama queries, streaming Procrustes", {k[4:]: float(v) for k, v in val.items() if k.startswith("val/")})]
-    results = {"corpus": {k: report[k] for k in ("items", "queries", "topics") if k in report},
-               "corpus_build_s": round(t_corpus, 1), "fit_s": round(t_fit, 1),
-               "events_seen": dm.events_seen, "skipped": dm.skipped_total,
-               "bridge": {"pairs": int(module.bridge.pairs_total), "refreshes": int(module.bridge.refreshes),
-                          "epsilon_last_interval": float(module.bridge.epsilon())},
-               "retrieval": {name: m for name, m in rows}}
-    (out / "demo_report.json").write_text(json.dumps(results, indent=1))
+    runs = {}
+    for step, (name, extra) in enumerate((
+            ("frozen trained bridge, eps=0", ["--model.eval.bridge_checkpoint", str(ckpt),
+                                              "--model.eval.fit_bridge", "false", "--model.eval.epsilon_source", "frozen"]),
+            ("bridge learning on the stream", ["--model.eval.fit_bridge", "true",
+                                               "--model.eval.epsilon_source", "interval"])), start=3):
+        tag = "frozen" if step == 3 else "streaming"
+        print(f"[{step}/4] evaluate.py: streaming replay, {name}", flush=True)
+        summary, _ = run_evaluation(["--config", str(REPO / "configs" / "eval_default.yaml"),
+                                     "--data.root", str(out / "shards"),
+                                     "--model.eval.report_dir", str(out / f"eval_{tag}"),
+                                     "--trainer.default_root_dir", str(out / f"eval_{tag}"),
+                                     "--trainer.logger", _loggers(out / f"eval_{tag}"), *extra])
+        runs[name] = summary
+        _finish_wandb()
 
-    print()
-    print(f"corpus: {results['corpus']} | events replayed: {dm.events_seen} | corrupt skipped: {dm.skipped_total}")
-    print(f"bridge: {results['bridge']}")
-    print(f"{'queries':<42} {'Recall@10':>10} {'MRR@10':>8} {'nDCG@10':>8} {'Recall@1':>9}")
-    for name, m in rows:
-        print(f"{name:<42} {m.get('recall@10', np.nan):>10.3f} {m.get('mrr@10', np.nan):>8.3f} "
-              f"{m.get('ndcg@10', np.nan):>8.3f} {m.get('recall@1', np.nan):>9.3f}")
-    print(f"\nshards: {out / 'shards'}\nlogs (CSV): {trainer.logger.log_dir}\nreport: {out / 'demo_report.json'}")
-    print(f"time: corpus {t_corpus:.1f} s, fit {t_fit:.1f} s, total {time.perf_counter() - t0:.1f} s")
+    total = time.perf_counter() - t0
+    results = {"corpus": {k: report.get(k) for k in ("items", "queries", "topics", "build_s", "cache_hit")},
+               "train": {"pairs": int(bridge.pairs_total), "refreshes": int(bridge.refreshes),
+                         "epsilon_last_interval": float(bridge.epsilon()), "metrics": val, "seconds": round(t_train, 1)},
+               "evaluate": runs, "seconds": {"corpus": round(t_corpus, 1), "total": round(total, 1)}}
+    (out / "demo_report.json").write_text(json.dumps(results, indent=1, default=str))
+
+    print("\n=== luma-pl demo: WordLlama (source, plays CLAP) -> MiniLM (canonical, plays CLIP) ===")
+    c = results["corpus"]
+    print(f"corpus: {c['items']} items, {c['queries']} queries, {c['topics']} topics "
+          f"(docstrings of {', '.join(args.packages)})")
+    print(f"train:  {results['train']['pairs']} anchor pairs, {results['train']['refreshes']} refreshes, "
+          f"eps over the last interval {results['train']['epsilon_last_interval']:.3f}; validation over all "
+          f"items: Recall@10 {_fmt(val.get('val/recall@10'))}, MRR@10 {_fmt(val.get('val/mrr@10'))}")
+    k = 10
+    head = f"{'streaming replay':<32} {'R@10':>6} {'MRR@10':>7} {'nDCG@10':>8} {'Safe@1':>7} {'Safe@10':>8} " \
+           f"{'eps':>6} {'zeta_max':>8} {'p50 ms':>7} {'p99 ms':>7} {'ingest/s':>9}"
+    print(head)
+    for name, s in runs.items():
+        print(f"{name:<32} {_fmt(s.get(f'recall@{k}')):>6} {_fmt(s.get(f'mrr@{k}')):>7} {_fmt(s.get(f'ndcg@{k}')):>8} "
+              f"{_fmt(s.get('safe@1')):>7} {_fmt(s.get(f'safe@{k}')):>8} {_fmt(s.get('epsilon_last')):>6} "
+              f"{_fmt(s.get('zeta_max_last')):>8} {_fmt(s.get('latency_p50_ms')):>7} {_fmt(s.get('latency_p99_ms')):>7} "
+              f"{_fmt(s.get('ingest_per_s'), '.0f'):>9}")
+    print(f"\nreport: {out / 'demo_report.json'}")
+    print(f"plots and replay reports: {out / 'eval_frozen'}, {out / 'eval_streaming'}")
+    print(f"offline W&B runs (sync later with `wandb sync <dir>`): {sorted(str(p) for p in out.rglob('offline-run-*'))}")
+    print(f"checkpoint: {ckpt}")
+    print(f"time: corpus {t_corpus:.1f} s, train {t_train:.1f} s, total {total:.1f} s")
     return 0
 
 
