@@ -108,6 +108,8 @@ class TieredMemory:
 
     def _check_vectors(self, vectors, n: int | None, name: str = "vectors", unit: bool = True) -> np.ndarray:
         x = np.asarray(vectors)
+        if x.dtype.kind not in "fiu":  # complex would drop its imaginary part, bool/str/object are not vectors
+            raise ValueError(f"{name} has dtype {x.dtype}; pass real float32 rows (e.g. x.astype(np.float32))")
         if x.ndim != 2 or x.shape[1] != self.cfg.dim or (n is not None and x.shape[0] != n):
             want = f"({n if n is not None else 'n'}, {self.cfg.dim})"
             raise ValueError(f"{name} must have shape {want}, got {x.shape}")
@@ -174,6 +176,9 @@ class TieredMemory:
         x = self._check_vectors(vectors, len(ids))
         if tier not in (None, "hot", "warm"):
             raise ValueError(f"tier={tier!r} is invalid; use None (policy decides), 'hot' or 'warm'")
+        if tier == "hot" and len(ids) > self._hot_capacity():  # checked before anything changes
+            raise ValueError(f"tier='hot' with {len(ids)} items but the hot budget holds {self._hot_capacity()}; "
+                             "insert fewer or use tier=None")
         old = self._lookup(ids)
         old = old[old >= 0]
         if len(old) and not upsert:
@@ -197,8 +202,6 @@ class TieredMemory:
             to_hot = np.full(len(ids), tier == "hot")
         hot_keys = keys[to_hot]
         fit = self._hot_capacity()
-        if tier == "hot" and len(hot_keys) > fit:
-            raise ValueError(f"tier='hot' with {len(hot_keys)} items but the hot budget holds {fit}; insert fewer")
         spill = hot_keys[: max(0, len(hot_keys) - fit)]  # newest-first: the batch's earliest spill
         self._to_warm(np.concatenate([keys[~to_hot], spill]), x[np.concatenate([np.flatnonzero(~to_hot), np.flatnonzero(to_hot)[: len(spill)]])])
         keep = np.flatnonzero(to_hot)[len(spill):]
