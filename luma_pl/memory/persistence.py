@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 import zlib
 
 import numpy as np
 
 from luma_pl.memory.config import MemoryConfig
-from luma_pl.memory.originals import OriginalsStore, write_json_atomic
+from luma_pl.memory.originals import OriginalsStore, _fsync_dir, write_json_atomic
 from luma_pl.memory.tiered import TieredMemory
 
 FORMAT_VERSION = 1
@@ -40,6 +41,10 @@ def _arrays(memory: TieredMemory) -> dict[str, np.ndarray]:
         "last_access": memory.last_access[:n],
         "zeta": memory.zeta[:n],
     }
+
+
+_ARRAY_NAMES = ("hot_index", "hot_ids", "hot_live", "warm_index", "warm_buf_ids", "warm_buf_vecs", "warm_recent",
+                "ids", "locations", "hits", "last_access", "zeta")
 
 
 def _scalars(memory: TieredMemory) -> dict:
@@ -80,19 +85,28 @@ def _restore(memory: TieredMemory, arrays: dict[str, np.ndarray], meta: dict) ->
 
 
 def save(memory: TieredMemory, path: str) -> None:
-    """Write the whole memory to directory ``path`` atomically (replacing an older snapshot)."""
+    """Write the whole memory to directory ``path`` atomically (replacing an older snapshot).
+
+    A failure while writing (disk full, ...) removes the half-written ``path.tmp-<pid>`` and leaves
+    the previous snapshot as it was. A crash between the two renames below leaves the old snapshot
+    at ``path.old-<pid>`` and the complete new one at ``path.tmp-<pid>``; ``load`` recovers it.
+    """
     path = os.path.abspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    arrays = _arrays(memory)
-    with open(os.path.join(tmp, "arrays.npz"), "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    meta = _scalars(memory) | {"crc32": {k: _crc(v) for k, v in arrays.items()}}
-    write_json_atomic(os.path.join(tmp, "meta.json"), meta)
-    memory.originals.copy_committed_to(tmp)
+    try:
+        os.makedirs(tmp)
+        arrays = _arrays(memory)
+        with open(os.path.join(tmp, "arrays.npz"), "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        meta = _scalars(memory) | {"crc32": {k: _crc(v) for k, v in arrays.items()}}
+        memory.originals.copy_committed_to(tmp)
+        write_json_atomic(os.path.join(tmp, "meta.json"), meta)  # last: its presence marks tmp complete
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if os.path.exists(path):  # rename the old one aside first: os.replace cannot replace a non-empty dir
         old = f"{path}.old-{os.getpid()}"
         os.replace(path, old)
@@ -100,29 +114,85 @@ def save(memory: TieredMemory, path: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+
+
+def _recover(path: str) -> None:
+    """Finish a save that crashed between its two renames: ``path`` is missing, the complete new
+    snapshot is ``path.tmp-<pid>`` (it has meta.json, written last) or the old one ``path.old-<pid>``."""
+    if os.path.exists(path):
+        return
+    parent, base = os.path.split(path)
+    try:
+        names = sorted(os.listdir(parent or "."))
+    except FileNotFoundError:
+        return
+    for prefix in (f"{base}.tmp-", f"{base}.old-"):
+        for name in names:
+            cand = os.path.join(parent, name)
+            if name.startswith(prefix) and os.path.exists(os.path.join(cand, "meta.json")):
+                os.replace(cand, path)
+                return
 
 
 def load(path: str, directory: str | None = None) -> TieredMemory:
     """Open a saved memory; its originals are copied into ``directory`` (a temp dir by default),
-    so the snapshot stays unchanged while the loaded memory keeps appending."""
-    with open(os.path.join(path, "meta.json")) as f:
-        meta = json.load(f)
+    so the snapshot stays unchanged while the loaded memory keeps appending.
+
+    Validated before use: the format, every array's presence and CRC32 (the table must cover all of
+    them), the originals' CRC and row count, shapes and counts against each other, then ``audit()``.
+    Any failure is a ``ValueError`` naming the snapshot and the file; nothing half-loaded is returned.
+    """
+    path = os.path.abspath(path)
+    _recover(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"saved memory {path!r} does not exist; pass the folder written by save()")
+    where = f"saved memory {path!r}"
+    try:
+        with open(os.path.join(path, "meta.json"), "rb") as f:
+            meta = json.loads(f.read().decode("utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("meta.json is not a JSON object")
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{where}: meta.json is missing or corrupt ({type(err).__name__}: {err}); "
+                         "restore an older snapshot or rebuild the memory") from err
     if meta.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path!r}: memory format {meta.get('format')} is not {FORMAT_VERSION}")
-    with np.load(os.path.join(path, "arrays.npz"), allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    for k, crc in meta["crc32"].items():
-        if k not in arrays or _crc(arrays[k]) != crc:
-            raise ValueError(f"{path!r}: array {k!r} is missing or fails its checksum")
-    cfg = MemoryConfig.from_dict(meta["config"])
-    snapshot = OriginalsStore(path, cfg.dim)
-    snapshot.verify()
-    snapshot.close()
+        raise ValueError(f"{where}: memory format {meta.get('format')} is not {FORMAT_VERSION}")
+    try:
+        with np.load(os.path.join(path, "arrays.npz"), allow_pickle=False) as z:
+            arrays = {k[:-4] if k.endswith(".npy") else k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        raise ValueError(f"{where}: arrays.npz is missing or corrupt ({type(err).__name__}: {err}); "
+                         "restore an older snapshot or rebuild the memory") from err
+    crcs = meta.get("crc32")
+    expected = set(_ARRAY_NAMES)
+    if not isinstance(crcs, dict) or set(crcs) != expected or set(arrays) != expected:
+        have = sorted(arrays)
+        raise ValueError(f"{where}: arrays.npz holds {have} and meta.json checksums "
+                         f"{sorted(crcs) if isinstance(crcs, dict) else crcs!r}; both must be exactly "
+                         f"{sorted(expected)} (the files do not belong together or were edited)")
+    for k, crc in crcs.items():
+        if _crc(arrays[k]) != crc:
+            raise ValueError(f"{where}: array {k!r} in arrays.npz fails its checksum (file corrupted)")
+    try:
+        cfg = MemoryConfig.from_dict(meta["config"])
+        snapshot = OriginalsStore(path, cfg.dim)
+        try:
+            snapshot.verify()
+        finally:
+            snapshot.close()
+    except (KeyError, TypeError, ValueError, OSError) as err:
+        raise ValueError(f"{where}: config or originals.f32/originals.json unusable ({type(err).__name__}: {err}); "
+                         "restore an older snapshot or rebuild the memory") from err
     memory = TieredMemory(cfg, directory=directory)
-    memory.originals.close()
-    OriginalsStore(path, cfg.dim).copy_committed_to(memory.directory)
-    memory.originals = OriginalsStore(memory.directory, cfg.dim)
-    _restore(memory, arrays, meta)
+    try:
+        memory.originals.close()
+        OriginalsStore(path, cfg.dim).copy_committed_to(memory.directory)
+        memory.originals = OriginalsStore(memory.directory, cfg.dim)
+        _restore(memory, arrays, meta)
+    except (KeyError, TypeError, ValueError, AssertionError, RuntimeError) as err:
+        memory.close()
+        raise ValueError(f"{where} is inconsistent: {err}; restore an older snapshot or rebuild the memory") from err
     return memory
 
 
