@@ -128,7 +128,8 @@ def test_config_rejects_bad_values_with_names():
         MemoryConfig.from_dict({"dim": 8, "pq_m": 2, "nprobe": -1})
     cfg = MemoryConfig(dim=512, warm_max_items=1_000_000, warm_max_bytes=1 << 40)
     assert cfg.resolved_nlist() == 4000  # ~4 sqrt(N)
-    assert cfg.resolved_nprobe() == 4000 // 64 + 1 and MemoryConfig(nprobe=7).resolved_nprobe() == 7  # nlist/64
+    assert cfg.resolved_nprobe() == 16 and MemoryConfig(nprobe=7).resolved_nprobe() == 7
+    assert MemoryConfig(nprobe=0, warm_max_items=1_000_000, warm_max_bytes=1 << 40).resolved_nprobe() == 4000 // 64 + 1
     # oversample scales with the warm size (measured: 10 suffices at 100k, ~60 needed at 1M), capped
     assert [cfg.resolved_oversample(n) for n in (0, 90_000, 900_000, 10**8)] == [10, 10, 60, 100]
     assert MemoryConfig(oversample=3).resolved_oversample(10**6) == 3
