@@ -54,6 +54,7 @@ class SafeAtKLogger(Callback):
         self.histograms = histograms
         self._memory = None
         self._probes: list[torch.Tensor] = []
+        self._sharded = False  # set from the memory found on the module
         self._audit: OnlineAudit | None = None
         self._seen_refreshes = 0
         self._next_id = 0
@@ -90,7 +91,7 @@ class SafeAtKLogger(Callback):
     def _ensure_audit(self) -> OnlineAudit:
         if self._audit is None:
             self._audit = OnlineAudit(self.probes, self.k, self.candidates, self.epsilon_source, self.epsilon_value,
-                                      self.rescore)
+                                      self.rescore, distances="cap" if self._sharded else "vectors")
             if self._audit_state is not None:
                 self._audit.load_state_dict(self._audit_state)
         return self._audit
@@ -104,6 +105,7 @@ class SafeAtKLogger(Callback):
         refreshed = int(bridge.refreshes) != self._seen_refreshes
         due = self.log_every_n_steps > 0 and trainer.global_step % self.log_every_n_steps == 0
         memory = self.memory_of(pl_module)
+        self._sharded = hasattr(memory, "local")
         if not (refreshed or due) or self.probes is None or memory is None or not len(memory):
             return
         extra = {}
@@ -136,11 +138,15 @@ class SafeAtKLogger(Callback):
         choice = choose_epsilon(bridge, self.epsilon_source, self.epsilon_value)
         eps_q = query_epsilon(choice, a_norm, u_norm)
         res = memory.search(q.numpy().astype(np.float32), self.candidates, rescore=self.rescore, record_hits=False)
-        cert = certify_search(res, self.k, eps_q, memory, rescored=self.rescore)
+        sharded = hasattr(memory, "local")  # a ShardedMemory: this rank lacks the other shards' vectors
+        cert = certify_search(res, self.k, eps_q, None if sharded else memory, rescored=self.rescore,
+                              distances="cap" if sharded else "vectors")
         metric = SafeAtK(self.k)
         metric.update(cert)
         rates = metric.compute()  # synced over ranks when a process group exists
-        probe = probe_recall(memory, q[: self.recall_probes].numpy(), self.k, res.ids[: self.recall_probes, : self.k])
+        # exact recall probes need every live item in one place: not done on a sharded memory (nan)
+        probe = None if sharded else probe_recall(memory, q[: self.recall_probes].numpy(), self.k,
+                                                  res.ids[: self.recall_probes, : self.k])
         audit = self._audit.totals if self._audit is not None else {}
         m = {
             "safe_at_1": float(rates["safe_at_1"]), "safe_at_k": float(rates["safe_at_k"]),
@@ -149,7 +155,7 @@ class SafeAtKLogger(Callback):
             "zeta_max": float(res.zeta_max), "zeta_1_mean": float(rates["zeta_1_mean"]),
             "margin_top2_median": float(np.nanmedian(cert.margin_top2.numpy())),
             "margin_at_k_median": float(np.nanmedian(cert.margin_at_k.numpy())),
-            "probe_recall": probe.recall, "probes": float(rates["count"]),
+            "probe_recall": probe.recall if probe is not None else float("nan"), "probes": float(rates["count"]),
             "violations": float(audit.get("violations", 0)),
             "flip_rate": (audit["flips_uncertified"] / audit["uncertified"]) if audit.get("uncertified") else float("nan"),
         }

@@ -37,6 +37,12 @@ class ShardedMemory:
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
 
+    def __len__(self) -> int:
+        """Live items over all shards. A collective (one all-reduce): every rank must call it."""
+        n = torch.tensor([len(self.local)], dtype=torch.int64)
+        dist.all_reduce(n, group=self.group)
+        return int(n.item())
+
     def owns(self, ids) -> np.ndarray:
         return shard_of(np.asarray(ids), self.world) == self.rank
 

@@ -76,10 +76,27 @@ class ClosedFormDDPStrategy(DDPStrategy):
     torch's DistributedDataParallel refuses a module without gradients, and there are none to
     synchronise: the bridge does its own all-reduce. This sets up the process group, samplers and
     collectives exactly as DDP does and only skips the wrapper for such a module.
-    Usage: ``Trainer(strategy=ClosedFormDDPStrategy(start_method="spawn"), devices=2)``.
+    Usage: ``Trainer(strategy=ClosedFormDDPStrategy(start_method="spawn"), devices=2)``, or by its
+    registered name in a config: ``trainer.strategy: ddp_closed_form``.
     """
+
+    strategy_name = "ddp_closed_form"
 
     def _setup_model(self, model):
         if any(p.requires_grad for p in model.parameters()):
             return super()._setup_model(model)
         return model
+
+    @classmethod
+    def register_strategies(cls, strategy_registry) -> None:
+        strategy_registry.register(cls.strategy_name, cls, description="DDP for closed-form (gradient-free) bridges")
+
+
+def _register() -> None:
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if ClosedFormDDPStrategy.strategy_name not in StrategyRegistry:
+        ClosedFormDDPStrategy.register_strategies(StrategyRegistry)
+
+
+_register()

@@ -180,4 +180,5 @@ class BridgeModuleBase(LightningModule):
             value = m.compute()  # sums are all-reduced across ranks inside compute()
             if not torch.isnan(value):
                 self.log(f"val/{name}", value.float(), sync_dist=False, rank_zero_only=False)
-        self.log("val/queries", float(metrics[next(iter(metrics))].count))
+        # the per-rank count, summed over ranks (compute() above syncs the states only transiently)
+        self.log("val/queries", float(metrics[next(iter(metrics))].count), sync_dist=True, reduce_fx="sum")
