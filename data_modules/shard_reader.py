@@ -131,6 +131,10 @@ def iter_raw_samples(path: str, cfg: ReaderConfig, on_skip: Callable[[Skip], Non
                     bad_reason = bad_reason or (
                         f"member {member.name!r} declares {member.size} bytes > max_member_bytes="
                         f"{cfg.max_member_bytes}")
+                elif ext in current:
+                    bad_reason = bad_reason or (
+                        f"duplicate entry {member.name!r} in one sample (two members with the same key and "
+                        "extension; which one is meant is unknown)")
                 elif bad_reason is None:
                     current[ext] = tar.extractfile(member).read()
                 tar.members = []  # streaming: do not keep every TarInfo
@@ -154,7 +158,21 @@ def iter_raw_samples(path: str, cfg: ReaderConfig, on_skip: Callable[[Skip], Non
 # --- sample level -----------------------------------------------------------------------------
 def _npy(data: bytes, what: str) -> np.ndarray:
     try:
+        # the header's declared shape must match the bytes that follow: a forged header declaring a
+        # huge shape would otherwise make numpy allocate it before noticing the data is short
+        fh = io.BytesIO(data)
+        major, _ = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fh)
+        if dtype.hasobject:
+            raise CorruptSample(f"{what}: dtype {dtype} needs pickle (refused)")
+        need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if need != len(data) - fh.tell():
+            raise CorruptSample(f"{what}: header declares shape {shape} ({need} bytes) but "
+                                f"{len(data) - fh.tell()} bytes follow")
         arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except CorruptSample:
+        raise
     except Exception as err:  # noqa: BLE001 - any parse failure is a corrupt entry
         raise CorruptSample(f"{what}: bad .npy ({err})") from err
     if arr.dtype.kind not in "fiub":
@@ -267,9 +285,31 @@ def concat_chunks(chunks: list[EventChunk]) -> EventChunk:
     )
 
 
+def mask_bad_rows(chunk: EventChunk) -> tuple[int, str]:
+    """Mark embedding rows with NaN/inf values or all zeros as absent (``has`` False, row zeroed).
+
+    Such a row cannot be normalised or stored (the memory refuses it), so the event keeps its other
+    payloads and loses only that embedding. Returns (rows masked, first key affected).
+    """
+    masked, first = 0, ""
+    for space, arr in chunk.emb.items():
+        has = chunk.has[space]
+        bad = has & ~(np.isfinite(arr).all(axis=1) & (arr != 0).any(axis=1))
+        if bad.any():
+            if not masked:
+                first = chunk.keys[int(np.flatnonzero(bad)[0])]
+            masked += int(bad.sum())
+            if not arr.flags.writeable:
+                chunk.emb[space] = arr = arr.copy()
+            arr[bad] = 0.0
+            chunk.has[space] = has & ~bad
+    return masked, first
+
+
 def iter_chunks(path: str, spaces: dict[str, int], media: list[str], cfg: ReaderConfig,
                 on_skip: Callable[[Skip], None]) -> Iterator[EventChunk]:
-    """Columnar chunks of one shard in stream order; corrupt samples go to ``on_skip``."""
+    """Columnar chunks of one shard in stream order; corrupt samples go to ``on_skip``; a sample with
+    NaN/inf or all-zero embedding rows is replayed with those rows absent and counted once."""
     pending: list[EventChunk] = []  # event samples waiting to fill a chunk
     for raw in iter_raw_samples(path, cfg, on_skip):
         try:
@@ -277,6 +317,10 @@ def iter_chunks(path: str, spaces: dict[str, int], media: list[str], cfg: Reader
         except CorruptSample as err:
             on_skip(Skip(path, raw["__key__"], str(err)))
             continue
+        masked, first = mask_bad_rows(chunk)
+        if masked:
+            on_skip(Skip(path, first, f"{masked} embedding row(s) with NaN/inf or all zeros in sample "
+                                      f"{raw['__key__']!r}: replayed with has=False for those rows"))
         if len(chunk) == 1 and BLOCK_MARKER not in raw:
             pending.append(chunk)
             if len(pending) >= cfg.chunk_events:
