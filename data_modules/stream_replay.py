@@ -170,12 +170,28 @@ class StreamReplayDataset(IterableDataset):
                 path = os.path.join(self.cfg.root, self.manifest.shards[i].name)
                 yield from iter_chunks(path, self.manifest.spaces, self.manifest.media, self.cfg.reader, on_skip)
 
+        last_ts: list[int | None] = [None]
+
+        def disorder(chunk: EventChunk) -> int:
+            """ts decreases in this worker's stream (file order; replayed as is, counted, never reordered)."""
+            ts = chunk.ts
+            if not len(ts):
+                return 0
+            n = int((ts[1:] < ts[:-1]).sum()) + int(last_ts[0] is not None and ts[0] < last_ts[0])
+            last_ts[0] = int(ts[-1])
+            return n
+
+        def batch_of(chunk: EventChunk) -> dict:
+            out = to_batch(chunk, take())
+            out["ts_out_of_order"] = disorder(chunk)
+            return out
+
         emitted = 0
         prev: EventChunk | None = None  # one batch of look-ahead: trailing skips join the last batch
         stream = rebatch(chunks(), self.cfg.batch_size, self.cfg.drop_last)
         for chunk in stream:
             if prev is not None:
-                out = to_batch(prev, take())
+                out = batch_of(prev)
                 if emitted >= skip:
                     yield out
                 emitted += 1
@@ -186,7 +202,7 @@ class StreamReplayDataset(IterableDataset):
                 break
             prev = chunk
         if prev is not None:
-            out = to_batch(prev, take())
+            out = batch_of(prev)
             if emitted >= skip:
                 yield out
             emitted += 1
@@ -237,6 +253,7 @@ class StreamReplayDataModule(pl.LightningDataModule):
         self.batches_consumed = 0
         self.events_seen = 0
         self.skipped_total = 0
+        self.ts_out_of_order = 0  # events whose ts is below the previous event's (replayed in file order)
         self.dataset: StreamReplayDataset | None = None
         self._resume = 0
 
@@ -284,6 +301,7 @@ class StreamReplayDataModule(pl.LightningDataModule):
         self.batches_consumed += 1
         self.events_seen += len(batch["key"])
         self.skipped_total += int(batch["skipped"])
+        self.ts_out_of_order += int(batch.get("ts_out_of_order", 0))
         if self.dataset is not None and self.batches_consumed >= self.dataset.batches_per_pass():
             self.batches_consumed = 0  # pass complete: a checkpoint now resumes at a fresh pass
 
@@ -296,16 +314,18 @@ class StreamReplayDataModule(pl.LightningDataModule):
     def metrics(self) -> dict[str, float]:
         """Running totals to log, e.g. ``self.log_dict(self.trainer.datamodule.metrics())``."""
         return {"replay/skipped_total": float(self.skipped_total), "replay/events_seen": float(self.events_seen),
-                "replay/batches_consumed": float(self.batches_consumed)}
+                "replay/batches_consumed": float(self.batches_consumed),
+                "replay/ts_out_of_order": float(self.ts_out_of_order)}
 
     def state_dict(self) -> dict:
         return {"batches_consumed": self.batches_consumed, "events_seen": self.events_seen,
-                "skipped_total": self.skipped_total}
+                "skipped_total": self.skipped_total, "ts_out_of_order": self.ts_out_of_order}
 
     def load_state_dict(self, state: dict) -> None:
         self.batches_consumed = int(state["batches_consumed"])
         self.events_seen = int(state.get("events_seen", 0))
         self.skipped_total = int(state.get("skipped_total", 0))
+        self.ts_out_of_order = int(state.get("ts_out_of_order", 0))
         self._resume = self.batches_consumed
         if self.dataset is not None:
             self.dataset.resume_batches = self._resume
