@@ -12,17 +12,29 @@ from data_modules.shard_writer import write_blocks
 from train import CONFIG_FILENAME, cli_main
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
+DEFAULT = CONFIGS[0].with_name("default.yaml")
+
+
+# overlays are layered on the base config they were written for; GPU configs are checked on CPU
+BASE = {"ablation_": "eval_default.yaml", "ddp.yaml": "default.yaml"}
+ON_CPU = ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true"]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_config_instantiates(config, tmp_path):
-    args = ["--config", str(config), "--data.root", str(tmp_path), "--trainer.default_root_dir", str(tmp_path)]
-    if config.name.startswith("eval"):  # evaluate.py's configs
+    base = next((b for prefix, b in BASE.items() if config.name.startswith(prefix)), None)
+    args = ([] if base is None else ["--config", str(config.with_name(base))]) + [
+        "--config", str(config), "--data.root", str(tmp_path), "--trainer.default_root_dir", str(tmp_path)]
+    if config.name in ("clip_clap.yaml", "ddp.yaml"):
+        args += ON_CPU + ["--trainer.devices", "2" if config.name == "ddp.yaml" else "1"]
+    if (base or config.name).startswith("eval"):  # evaluate.py's configs
         from data_modules.stream_replay import StreamReplayDataModule
         from evaluate import EvalCLI
         from luma_pl.evaluation.stream_eval import StreamEvaluator
 
         cli = EvalCLI(StreamEvaluator, StreamReplayDataModule, run=False, args=args)
+        if config.name.startswith("ablation_"):
+            assert cli.model.admission_cfg is not None
     else:
         cli = cli_main(args, run=False)
     assert cli.model is not None and cli.datamodule is not None
@@ -30,7 +42,7 @@ def test_every_config_instantiates(config, tmp_path):
 
 def test_unknown_key_rejected(tmp_path):
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['lamda'\]"):
-        cli_main(["--config", str(CONFIGS[0]), "--data.root", str(tmp_path),
+        cli_main(["--config", str(DEFAULT), "--data.root", str(tmp_path),
                   "--model.init_args.bridge.lamda", "0.9"], run=False)
 
 
@@ -49,8 +61,12 @@ def test_fit_on_demo_format_shards(tmp_path):
     write_blocks(tmp_path / "shards", keys=[f"{i:05d}" for i in range(n)], ts=np.arange(n),
                  emb={"wordllama": s, "minilm": c, "query_wordllama": s, "query_minilm": c},
                  block_events=100, events_per_shard=200)
-    cli = cli_main(["fit", "--config", str(CONFIGS[0].with_name("default.yaml")),
+    cli = cli_main(["fit", "--config", str(DEFAULT),
                     "--data.root", str(tmp_path / "shards"), "--trainer.default_root_dir", str(tmp_path / "run"),
+                    "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+                    "--trainer.logger.save_dir", str(tmp_path / "run"),
+                    "--trainer.callbacks.dirpath", str(tmp_path / "run" / "checkpoints"),
+                    "--model.init_args.memory.pq_m", "64",
                     "--trainer.enable_progress_bar", "false"])
     metrics = cli.trainer.callback_metrics
     assert float(metrics["val/recall@1"]) == pytest.approx(1.0)
