@@ -22,6 +22,14 @@ OVERSAMPLE_MAX = 100
 # Bytes of one exact hot vector row plus its bookkeeping, used to reject budgets that cannot hold
 # even one item (the real per-node cost, graph links included, is measured at run time).
 _ID_BYTES = 8
+# Bytes one buffered warm item costs against warm_max_bytes: vector + id + zeta slot + the per-item
+# bookkeeping TieredMemory charges to its tier (tiered.ITEM_BOOKKEEPING_BYTES, 161; kept equal by a test).
+# The training buffer must fit at this price, or it never reaches the training size.
+_BUFFER_ITEM_BOOKKEEPING = 161
+
+
+def _buffered_row_bytes(dim: int) -> int:
+    return dim * 4 + 12 + _BUFFER_ITEM_BOOKKEEPING
 
 
 @dataclasses.dataclass
@@ -125,7 +133,7 @@ class MemoryConfig(StrictConfig):
         require(self.oversample >= 0, o, "oversample", self.oversample,
                 "use 0 (scale with the warm size) or >= 1 (1 = rescore only the k PQ hits)")
         require(self.promote_min_hits >= 1, o, "promote_min_hits", self.promote_min_hits, "use >= 1")
-        need = self.train_size() * (self.dim * 4 + 12)
+        need = self.train_size() * _buffered_row_bytes(self.dim)
         require(self.nlist == 0 or self.train_size() > self.warm_max_items or need <= self.warm_max_bytes,
                 o, "nlist", self.nlist,
                 f"training needs {self.train_size()} buffered vectors ({need} bytes) but warm_max_bytes="
@@ -143,7 +151,8 @@ class MemoryConfig(StrictConfig):
         n = max(self.warm_max_items, 1)
         guess = int(round(4 * math.sqrt(n)))
         by_items = n // self.train_points_per_centroid
-        by_bytes = self.warm_max_bytes // ((self.dim * 4 + 12) * self.train_points_per_centroid)
+        # 90%: the buffer's spare capacity and the tier's fixed structures need room too
+        by_bytes = int(0.9 * self.warm_max_bytes) // (_buffered_row_bytes(self.dim) * self.train_points_per_centroid)
         return int(max(1, min(guess, by_items, by_bytes, 65536)))
 
     def resolved_nprobe(self, nlist: int | None = None) -> int:

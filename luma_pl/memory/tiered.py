@@ -48,7 +48,7 @@ _HOT_ROW_SLOT_BYTES = 8  # HotTier's id -> row array, indexed by key
 # peaks at 60 just after a resize) + two int objects (28 bytes, 32 with allocator rounding)
 _DICT_ENTRY_BYTES = 60 + 2 * 32
 ITEM_BOOKKEEPING_BYTES = _PER_KEY_ARRAY_BYTES + _HOT_ROW_SLOT_BYTES + _DICT_ENTRY_BYTES
-"""Bytes charged per live item to the tier holding it, on top of its index bytes (157)."""
+"""Bytes charged per live item to the tier holding it, on top of its index bytes (161)."""
 
 
 @dataclasses.dataclass
@@ -277,9 +277,16 @@ class TieredMemory:
         excess = len(self.warm) - self.cfg.warm_max_items
         if excess > 0:
             self._evict_keys(self.policy.warm_victims(self, excess))
-        while self.warm.nbytes() > self.cfg.warm_max_bytes and len(self.warm):
+        while self.warm.nbytes() > self.cfg.warm_max_bytes:
             per = self.warm.bytes_per_code() if self.warm.trained else self.warm.bytes_per_buffered()
             n = math.ceil((self.warm.nbytes() - self.cfg.warm_max_bytes) / per)
+            if n >= len(self.warm) and self.warm.list_spare_bytes():
+                # evicting can only free item bytes: when the lists' spare capacity is what is left
+                # over budget, reallocate the lists to their sizes (rare: costs a copy of every code)
+                self.warm.compact_lists()
+                continue
+            if not len(self.warm):
+                break
             self._evict_keys(self.policy.warm_victims(self, n))
 
     def _set_warm_zeta(self, keys: np.ndarray, zeta: np.ndarray) -> None:
