@@ -97,6 +97,34 @@ class StreamEvalConfig(StrictConfig):
                 self.certificate_distances, "use 'auto', 'vectors' or 'cap'")
 
 
+def load_checkpoint_safely(path: str, argument: str) -> dict:
+    """``torch.load(path, weights_only=True)``: tensors and primitives only, never arbitrary objects.
+
+    A missing file, a file that is not a checkpoint, or one that holds pickled objects (which
+    weights_only refuses to build: they could run code) is an error naming ``argument`` and the file.
+    """
+    import os
+    import pickle
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{argument}={path!r} does not exist; pass a checkpoint written by train.py "
+                                "(e.g. artifacts/train/checkpoints/last.ckpt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        why = next((ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln or "WeightsUnpickler" in ln), "")
+        raise ValueError(f"{argument}={path!r} holds objects other than tensors and primitives, refused by "
+                         f"torch.load(weights_only=True) because loading them could run code ({why}); do not "
+                         "load it with weights_only=False unless you trust its source; use a checkpoint written "
+                         "by train.py") from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"{argument}={path!r} is not a readable torch checkpoint ({type(err).__name__}: {err}); "
+                         "it may be truncated; use another checkpoint") from err
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(f"{argument}={path!r} has no 'state_dict'; pass a Lightning checkpoint written by train.py")
+    return ckpt
+
+
 def event_ids(keys: list[str]) -> np.ndarray:
     """Stable int64 id per event key (blake2b, identical on every rank, machine and run)."""
     out = np.empty(len(keys), np.int64)
@@ -145,7 +173,7 @@ class StreamEvaluator(pl.LightningModule):
         if self.admission_cfg is not None:
             self.admission = AdmissionPipeline(self.admission_cfg, dim=self.memory_cfg.dim)
         if self.cfg.bridge_checkpoint:
-            ckpt = torch.load(self.cfg.bridge_checkpoint, map_location="cpu", weights_only=True)
+            ckpt = load_checkpoint_safely(self.cfg.bridge_checkpoint, "bridge_checkpoint")
             state = {k[len("bridge."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("bridge.")}
             if not state:
                 raise ValueError(f"bridge_checkpoint={self.cfg.bridge_checkpoint!r} holds no 'bridge.*' state; "
