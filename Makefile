@@ -30,7 +30,7 @@ demo: $(STAMP)
 	LUMA_NUM_THREADS=1 $(PY) -m luma_pl.demo
 
 bench: $(STAMP)
-	LUMA_NUM_THREADS=1 $(PY) -m bench.run_all
+	LUMA_NUM_THREADS=1 $(PY) bench/run_all.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
