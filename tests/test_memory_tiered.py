@@ -248,6 +248,15 @@ def test_bytes_by_tier_charges_bookkeeping_and_list_capacity(rng):
     assert b["warm"] == w.fixed_bytes() + s["warm"] * (w.index.code_size + 12 + ITEM_BOOKKEEPING_BYTES) + w.list_spare_bytes()
     m.evict(np.arange(100))  # evicted ids stay known: their bookkeeping is outside the budgets
     assert m.bytes_by_tier()["bookkeeping"] > b["bookkeeping"]
+    q = unit(rng, 5)
+    before = m.search(q, 5, rescore=False, record_hits=False)
+    spare, warm_bytes = w.list_spare_bytes(), m.bytes_by_tier()["warm"]
+    assert spare > 0  # removals shrink lists, never their capacity
+    w.compact_lists()  # lists reallocated to their sizes: no spare bytes, same codes and answers
+    assert w.list_spare_bytes() == 0 and m.bytes_by_tier()["warm"] == warm_bytes - spare
+    after = m.search(q, 5, rescore=False, record_hits=False)
+    np.testing.assert_array_equal(before.ids, after.ids)
+    np.testing.assert_array_equal(before.scores, after.scores)
     m.audit()
     m.close()
 

@@ -232,6 +232,22 @@ class WarmTier:
             self.ivf_count -= len(ivf)
             self._gpu_index = None
 
+    def compact_lists(self) -> None:
+        """Copy every inverted list into a fresh one allocated to its size: spare capacity becomes 0.
+        One Python call per list (not per item); the codes and ids are unchanged."""
+        if self.index is None:
+            return
+        inv = self.index.invlists
+        fresh = faiss.ArrayInvertedLists(self.nlist, self.index.code_size)
+        for i in range(self.nlist):
+            n = inv.list_size(i)
+            if n:
+                fresh.add_entries(i, n, inv.get_ids(i), inv.get_codes(i))
+        self.index.replace_invlists(fresh, True)
+        fresh.this.disown()  # owned by the index now
+        self._list_cap = np.array([fresh.list_size(i) for i in range(self.nlist)], dtype=np.int64)
+        self._gpu_index = None
+
     def buffer_vectors(self, ids: np.ndarray) -> np.ndarray:
         pos = {int(i): p for p, i in enumerate(self.buf_ids.tolist())}
         return self.buf_vecs[[pos[int(i)] for i in ids]]
