@@ -45,7 +45,14 @@ def zeros(d_c: int, d_s: int, device: torch.device | str | None = None) -> Stats
 
 
 def check_pairs(c: torch.Tensor, s: torch.Tensor, d_c: int | None = None, d_s: int | None = None) -> None:
-    """Raise ``ValueError`` naming the argument when shapes disagree or values are not finite."""
+    """Raise ``ValueError`` naming the argument when types, shapes or values are unusable: not a
+    real-valued torch tensor, shapes that disagree, NaN/inf, or an all-zero row (an absent embedding:
+    it would count as a pair and shift the anchor means while carrying no direction)."""
+    for name, x in (("c", c), ("s", s)):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} is a {type(x).__name__}, not a torch.Tensor; pass torch.as_tensor({name})")
+        if x.is_complex() or x.dtype == torch.bool:
+            raise ValueError(f"{name} has dtype {x.dtype}; pass real float rows (e.g. {name}.double())")
     if c.ndim != 2 or s.ndim != 2:
         raise ValueError(
             f"c has shape {tuple(c.shape)} and s has shape {tuple(s.shape)}; both must be 2-D "
@@ -63,6 +70,10 @@ def check_pairs(c: torch.Tensor, s: torch.Tensor, d_c: int | None = None, d_s: i
         if x.numel() and not bool(torch.isfinite(x).all()):
             bad = int((~torch.isfinite(x)).any(dim=1).sum())
             raise ValueError(f"{name} has {bad} row(s) with NaN/inf; drop or fix those anchor pairs before fitting")
+        if x.numel() and bool((x == 0).all(dim=1).any()):
+            row = int((x == 0).all(dim=1).nonzero()[0, 0])
+            raise ValueError(f"{name} row {row} is all zeros (an absent embedding); keep only pairs whose "
+                             "has[space] is True for both spaces")
 
 
 def check_lam(lam: float) -> None:
