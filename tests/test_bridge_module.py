@@ -148,7 +148,8 @@ def test_learned_module_trains_and_validates(tmp_path, kind):
     path = tmp_path / "learned.ckpt"
     trainer.save_checkpoint(path)
     state = torch.load(path, weights_only=True)
-    again = LearnedBridgeModule(**state["hyper_parameters"])
+    # "_class_path" is for LightningCLI (load_from_checkpoint filters it out the same way)
+    again = LearnedBridgeModule(**{k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")})
     again.load_state_dict(state["state_dict"])
     x = torch.randn(4, D_S)
     assert torch.equal(again.bridge(x), model.bridge(x))
