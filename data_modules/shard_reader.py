@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -86,6 +87,17 @@ class EventChunk:
 
 
 # --- tar level --------------------------------------------------------------------------------
+def check_member_extent(member: tarfile.TarInfo, file_size: int) -> None:
+    """Raise ``tarfile.ReadError`` when a member's declared data runs past the end of the file.
+
+    Streaming tarfile skips a member's data by reading it block by block, also past the end of the
+    file: a forged header declaring e.g. 2**40 bytes would spin for hours. Such a member can only
+    come from a truncated or forged shard, so the shard ends there (counted)."""
+    if member.offset_data + member.size > file_size:
+        raise tarfile.ReadError(f"member {member.name!r} declares {member.size} bytes at offset "
+                                f"{member.offset_data}, past the end of the file ({file_size} bytes)")
+
+
 def _unsafe_name(name: str) -> bool:
     parts = name.replace("\\", "/").split("/")
     return not name or name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":")
@@ -111,6 +123,7 @@ def iter_raw_samples(path: str, cfg: ReaderConfig, on_skip: Callable[[Skip], Non
 
     try:
         with open(path, "rb") as fh:
+            file_size = os.fstat(fh.fileno()).st_size
             tar = tarfile.open(fileobj=fh, mode="r|")
             for member in tar:
                 key, ext = split_member_name(member.name)
@@ -119,6 +132,7 @@ def iter_raw_samples(path: str, cfg: ReaderConfig, on_skip: Callable[[Skip], Non
                     if done is not None:
                         yield done
                     current, bad_reason = {"__key__": key}, None
+                check_member_extent(member, file_size)
                 if member.isdir():
                     continue
                 if _unsafe_name(member.name):
