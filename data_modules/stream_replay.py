@@ -190,16 +190,23 @@ class StreamReplayDataset(IterableDataset):
         prev: EventChunk | None = None  # one batch of look-ahead: trailing skips join the last batch
         stream = rebatch(chunks(), self.cfg.batch_size, self.cfg.drop_last)
         for chunk in stream:
+            if emitted + (prev is not None) == real:
+                # more data than planned: report it before the last planned batch goes out, so the
+                # skip is counted in that batch (after it, no batch may be left to carry the count)
+                on_skip(Skip(self.manifest.shards[self.plan.shards[self.rank][worker][-1]].name, "",
+                             "shards hold more events than manifest.json lists; rebuild the manifest"))
+                if prev is not None:
+                    out = batch_of(prev)
+                    if emitted >= skip:
+                        yield out
+                    emitted += 1
+                prev = None
+                break
             if prev is not None:
                 out = batch_of(prev)
                 if emitted >= skip:
                     yield out
                 emitted += 1
-            if emitted == real:
-                on_skip(Skip(self.manifest.shards[self.plan.shards[self.rank][worker][-1]].name, "",
-                             "shards hold more events than manifest.json lists; rebuild the manifest"))
-                prev = None
-                break
             prev = chunk
         if prev is not None:
             out = batch_of(prev)
