@@ -115,6 +115,11 @@ def save(memory: TieredMemory, path: str) -> None:
     else:
         os.replace(tmp, path)
     _fsync_dir(os.path.dirname(path))
+    # leftovers of saves killed earlier (other pids): the snapshot at path is newer than all of them
+    parent, base = os.path.split(path)
+    for name in os.listdir(parent):
+        if name.startswith((f"{base}.tmp-", f"{base}.old-")):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
 def _recover(path: str) -> None:
