@@ -17,7 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from data_modules import ReaderConfig, ReplayConfig, ShardSetWriter, StreamReplayDataModule, StreamReplayDataset, iter_chunks
+from data_modules import (
+    ReaderConfig,
+    ReplayConfig,
+    ShardSetWriter,
+    StreamReplayDataModule,
+    StreamReplayDataset,
+    iter_chunks,
+)
 from luma_pl.bridge.procrustes import StreamingProcrustes
 from luma_pl.configuration import ConfigError
 from luma_pl.memory import MemoryConfig, TieredMemory
