@@ -110,16 +110,7 @@ def test_oracle_mismatch_would_fail(monkeypatch):
         bq.run(arr, quick=True, epochs=1, extra_lams=(), refresh_every=100)
 
 
-def _demo_cached() -> bool:
-    from luma_pl.corpus import DemoCorpusConfig
-    from luma_pl.corpus.demo import cache_root
-
-    cfg = DemoCorpusConfig()
-    cfg.validate()
-    return (cache_root(cfg) / "corpus.json").exists()
-
-
-@pytest.mark.skipif(not _demo_cached(), reason="demo corpus not cached here (build it with build_demo_corpus)")
+@pytest.mark.slow  # builds the demo corpus on first use (~2-3 min on 2 cores), cached after
 def test_quick_on_a_demo_slice():
     arr = bq.load_demo(max_items=300)
     assert arr.item_s.shape == (300, 256) and arr.item_c.shape == (300, 384)
