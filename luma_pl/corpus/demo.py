@@ -114,8 +114,8 @@ def build_demo_corpus(cfg: DemoCorpusConfig | None = None, encoders: dict | None
     for space in cfg.spaces:
         enc = (encoders or {}).get(space) or _build_encoder(space, cfg)
         t1 = time.perf_counter()
-        emb[space] = _encode_by_length(enc, texts.item_text, cfg.batch_size)
-        emb[f"query_{space}"] = _encode_by_length(enc, texts.query_text, cfg.batch_size)
+        emb[space] = _encode_by_length(enc, texts.item_text, cfg.batch_size, f"{space}: items")
+        emb[f"query_{space}"] = _encode_by_length(enc, texts.query_text, cfg.batch_size, f"{space}: queries")
         report["embed_s"][space] = round(time.perf_counter() - t1, 3)
     report["build_s"] = round(time.perf_counter() - t0, 3)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
@@ -133,11 +133,21 @@ def build_demo_corpus(cfg: DemoCorpusConfig | None = None, encoders: dict | None
     return _load(folder, cfg, hit=False)
 
 
-def _encode_by_length(enc, texts: list[str], batch_size: int) -> np.ndarray:
+def _encode_by_length(enc, texts: list[str], batch_size: int, desc: str = "embedding") -> np.ndarray:
     """``(n, d)`` in input order, encoded in length order: a batch pads to its longest text, so
-    mixing one 600-character docstring with short ones multiplies a transformer's work."""
+    mixing one 600-character docstring with short ones multiplies a transformer's work.
+    A progress bar (stderr) shows the long first build."""
+    from tqdm import tqdm
+
     order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
-    out = enc.encode_text([texts[i] for i in order], batch_size=batch_size).cpu().numpy()
+    step = max(batch_size * 8, 1)
+    parts = []
+    with tqdm(total=len(texts), desc=desc, unit="text", disable=len(texts) < 2 * step) as bar:
+        for i in range(0, len(order), step):
+            chunk = [texts[j] for j in order[i : i + step]]
+            parts.append(enc.encode_text(chunk, batch_size=batch_size).cpu().numpy())
+            bar.update(len(chunk))
+    out = np.concatenate(parts) if parts else np.zeros((0, enc.dim), np.float32)
     res = np.empty_like(out)
     res[order] = out
     return res
