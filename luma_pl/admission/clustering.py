@@ -51,9 +51,11 @@ def kmeanspp_seeds(x: np.ndarray, k: int, rng: np.random.Generator, existing: np
     return np.asarray(chosen, np.int64)
 
 
-def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(labels (N,), cosines (N,)) of each row's most similar centroid (ties: lowest index)."""
-    sims = normalise_rows(np.asarray(x, np.float32)) @ normalise_rows(centroids).T
+def assign(x: np.ndarray, centroids: np.ndarray, x_is_unit: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (N,), cosines (N,)) of each row's most similar centroid (ties: lowest index).
+    ``x_is_unit``: the rows are already unit (skips one normalisation pass on the hot path)."""
+    x = np.asarray(x, np.float32)
+    sims = (x if x_is_unit else normalise_rows(x)) @ normalise_rows(centroids).T
     labels = sims.argmax(axis=1)
     return labels.astype(np.int64), sims[np.arange(len(x)), labels]
 
@@ -113,7 +115,7 @@ class OnlineClusterer:
             seeds = kmeanspp_seeds(x, self.cfg.m - self.active, rng, cur)
             self.centroids[self.active: self.active + len(seeds)] = x[seeds]
             self.active += len(seeds)
-        labels, _ = assign(x, self.centroids[: self.active])
+        labels, _ = assign(x, self.centroids[: self.active], x_is_unit=True)
         running_mean_update(self.centroids, self.counts, x, labels)
         return labels
 
