@@ -51,6 +51,7 @@ def _worker(rank, world, port, out_dir):
         agree(int(len(ids)), "gathered row count")
         np.savez(os.path.join(out_dir, f"rank{rank}.npz"), labs=labs, cnt=cnt, err=err, table=table, ids=ids,
                  rows=rows, off=off)
+        dist.barrier()  # every collective done on both ranks before gloo is torn down
     finally:
         dist.destroy_process_group()
 

@@ -44,6 +44,7 @@ def _worker(rank, world, port, out_dir):
         r = mem.search(mine, K)
         np.savez(os.path.join(out_dir, f"rank{rank}.npz"), ids=r.ids, scores=r.scores, tiers=r.tiers, kept=kept)
         mem.local.close()
+        dist.barrier()  # every collective done on both ranks before gloo is torn down
     finally:
         dist.destroy_process_group()
 
