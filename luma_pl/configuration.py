@@ -45,3 +45,13 @@ def require(condition: bool, owner: str, field: str, value: Any, fix: str) -> No
     """Raise ``ConfigError('<owner>.<field>=<value>: <fix>')`` unless ``condition``."""
     if not condition:
         raise ConfigError(f"{owner}.{field}={value!r} is invalid: {fix}")
+
+
+def as_config(cls: type[T], value: T | Mapping[str, Any] | None) -> T:
+    """A config object from a config object, a plain mapping (YAML, hparams) or None (defaults)."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        value.validate()
+        return value
+    return cls.from_dict(value)

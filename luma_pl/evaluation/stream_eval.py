@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from luma_pl.admission.pipeline import AdmissionConfig, AdmissionPipeline
 from luma_pl.bridge.procrustes import ProcrustesConfig, StreamingProcrustes
-from luma_pl.configuration import StrictConfig, require
+from luma_pl.configuration import StrictConfig, as_config, require
 from luma_pl.memory import MemoryConfig, TieredMemory
 from luma_pl.memory.sharded import ShardedMemory
 from luma_pl.metrics import functional as MF
@@ -151,10 +151,10 @@ class StreamEvaluator(pl.LightningModule):
                  memory: MemoryConfig | dict | None = None, admission: AdmissionConfig | dict | None = None,
                  memory_dir: str | None = None) -> None:
         super().__init__()
-        self.cfg = _as(StreamEvalConfig, eval)
-        self.bridge_cfg = _as(ProcrustesConfig, bridge)
-        self.memory_cfg = _as(MemoryConfig, memory)
-        self.admission_cfg = None if admission is None else _as(AdmissionConfig, admission)
+        self.cfg = as_config(StreamEvalConfig, eval)
+        self.bridge_cfg = as_config(ProcrustesConfig, bridge)
+        self.memory_cfg = as_config(MemoryConfig, memory)
+        self.admission_cfg = None if admission is None else as_config(AdmissionConfig, admission)
         self.memory_dir = memory_dir
         self.save_hyperparameters({"eval": self.cfg.to_dict(), "bridge": self.bridge_cfg.to_dict(),
                                    "memory": self.memory_cfg.to_dict(),
@@ -355,11 +355,3 @@ class StreamEvaluator(pl.LightningModule):
                                                   if isinstance(v, (int, float))})
                 logger.log_image("eval/plots", [str(p) for p in plots.values()], caption=list(plots))
 
-
-def _as(cls, value):
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        value.validate()
-        return value
-    return cls.from_dict(value)

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch import LightningModule
 
 from luma_pl.bridge.distributed import gather_rows
-from luma_pl.configuration import StrictConfig, require
+from luma_pl.configuration import StrictConfig, as_config, require  # noqa: F401 (as_config re-exported)
 from luma_pl.metrics import build
 
 _MODALITY = {"txt": "text", "jpg": "image", "png": "image", "flac": "audio", "wav": "audio"}
@@ -45,16 +45,6 @@ class BridgeModuleConfig(StrictConfig):
         for ext in self.media_keys.values():
             require(ext in _MODALITY, n, "media_keys", self.media_keys, f"extensions must be in {sorted(_MODALITY)}")
         require(self.score_chunk >= 1, n, "score_chunk", self.score_chunk, "use a positive chunk size")
-
-
-def as_config(cls, value):
-    """Accept a config object or a plain dict (from YAML / hparams)."""
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        value.validate()
-        return value
-    return cls.from_dict(value)
 
 
 class BridgeModuleBase(LightningModule):
