@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
 
-from .errors import MediaError, describe_source
+from .errors import MediaError, describe_source, read_source
 
 try:  # optional: more formats; see the module docstring
     import torchaudio
@@ -61,7 +60,7 @@ def load_audio(
         raise ValueError(f"backend={backend!r} is unavailable; use 'soundfile' (or install torchaudio)")
 
     label = describe_source(source, name)
-    raw = _read_bytes(source, label)
+    raw = read_source(source, label)
     if backend == "torchaudio":
         wave, sr = _decode_torchaudio(raw, label, target_sr)
     else:
@@ -94,19 +93,6 @@ def rms_dbfs(wave: np.ndarray) -> float:
     return 20.0 * np.log10(rms) if rms > 0 else float("-inf")
 
 
-def _read_bytes(source: Source, label: str) -> bytes:
-    # Reading the whole file first lets one code path serve paths and shard payloads, and makes an
-    # empty file a clear error instead of a backend-specific one.
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        raw = bytes(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise MediaError(label, "no such file")
-        raw = path.read_bytes()
-    if not raw:
-        raise MediaError(label, "the file is empty (0 bytes)")
-    return raw
 
 
 def _decode_soundfile(raw: bytes, label: str) -> tuple[np.ndarray, int]:

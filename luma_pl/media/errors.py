@@ -27,3 +27,22 @@ def describe_source(source: object, name: str | None) -> str:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"<{len(source)} bytes>"
     return str(source)
+
+
+def read_source(source, label: str) -> bytes:
+    """All bytes of a path or an in-memory payload; ``MediaError(label, ...)`` when missing or empty.
+
+    Reading the whole file first lets one code path serve paths and shard payloads, and makes an
+    empty file a clear error instead of a backend-specific one."""
+    from pathlib import Path
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        raw = bytes(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise MediaError(label, "no such file")
+        raw = path.read_bytes()
+    if not raw:
+        raise MediaError(label, "the file is empty (0 bytes)")
+    return raw

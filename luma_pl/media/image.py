@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from .errors import MediaError, describe_source
+from .errors import MediaError, describe_source, read_source
 
 Source = str | os.PathLike | bytes | bytearray | memoryview
 
@@ -27,15 +26,7 @@ def load_image(source: Source, name: str | None = None) -> Image.Image:
     ``name`` labels a bytes payload in errors.
     """
     label = describe_source(source, name)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        raw = bytes(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise MediaError(label, "no such file")
-        raw = path.read_bytes()
-    if not raw:
-        raise MediaError(label, "the file is empty (0 bytes)")
+    raw = read_source(source, label)
 
     try:
         with Image.open(io.BytesIO(raw)) as probe:
