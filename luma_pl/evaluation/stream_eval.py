@@ -329,9 +329,13 @@ class StreamEvaluator(pl.LightningModule):
                  "dropped": float(self.admission.prefilter.dropped) if self.admission is not None else 0.0,
                  "wall_s": time.perf_counter() - self._t0}
         self.series.append(point)
-        for key, v in point.items():
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                self.log(f"eval/{key}", float(v), on_step=True, on_epoch=False, rank_zero_only=True)
+        # straight to the loggers, stepped by replayed batches: a window can also close in
+        # on_test_epoch_end (a partial last window), where self.log(on_step=True) is not allowed
+        if self.trainer.is_global_zero:
+            metrics = {f"eval/{k}": float(v) for k, v in point.items()
+                       if isinstance(v, (int, float)) and math.isfinite(v)}
+            for logger in self.trainer.loggers:
+                logger.log_metrics(metrics, step=self._batches)
         self._reset_window()
 
     def on_test_epoch_end(self) -> None:
