@@ -186,38 +186,32 @@ class StreamReplayDataset(IterableDataset):
             out["ts_out_of_order"] = disorder(chunk)
             return out
 
-        emitted = 0
-        prev: EventChunk | None = None  # one batch of look-ahead: trailing skips join the last batch
-        stream = rebatch(chunks(), self.cfg.batch_size, self.cfg.drop_last)
-        for chunk in stream:
-            if emitted + (prev is not None) == real:
-                # more data than planned: report it before the last planned batch goes out, so the
-                # skip is counted in that batch (after it, no batch may be left to carry the count)
-                on_skip(Skip(self.manifest.shards[self.plan.shards[self.rank][worker][-1]].name, "",
-                             "shards hold more events than manifest.json lists; rebuild the manifest"))
+        def planned() -> Iterator[dict]:
+            """Exactly ``total`` batches, in order; built even when skipped (skip counts and the ts
+            order check must see every chunk)."""
+            n = 0
+            prev: EventChunk | None = None  # one batch of look-ahead: trailing skips join the last batch
+            for chunk in rebatch(chunks(), self.cfg.batch_size, self.cfg.drop_last):
+                if n + (prev is not None) == real:
+                    # more data than planned: report it before the last planned batch goes out, so the
+                    # skip is counted in that batch (after it, no batch may be left to carry the count)
+                    on_skip(Skip(self.manifest.shards[self.plan.shards[self.rank][worker][-1]].name, "",
+                                 "shards hold more events than manifest.json lists; rebuild the manifest"))
+                    break
                 if prev is not None:
-                    out = batch_of(prev)
-                    if emitted >= skip:
-                        yield out
-                    emitted += 1
-                prev = None
-                break
+                    yield batch_of(prev)
+                    n += 1
+                prev = chunk
             if prev is not None:
-                out = batch_of(prev)
-                if emitted >= skip:
-                    yield out
-                emitted += 1
-            prev = chunk
-        if prev is not None:
-            out = batch_of(prev)
-            if emitted >= skip:
+                yield batch_of(prev)
+                n += 1
+            while n < total:  # data ran short (corrupt samples) or plan padding
+                yield empty_batch(self.manifest, take())
+                n += 1
+
+        for i, out in enumerate(planned()):
+            if i >= skip:
                 yield out
-            emitted += 1
-        while emitted < total:  # data ran short (corrupt samples) or plan padding
-            out = empty_batch(self.manifest, take())
-            if emitted >= skip:
-                yield out
-            emitted += 1
 
 
 def _worker_init(_: int) -> None:
