@@ -16,6 +16,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from tar_helpers import add_member, npy_bytes
 
 from data_modules import (
     ReaderConfig,
@@ -233,16 +234,6 @@ def test_bridge_fit_step_bad_pairs_change_nothing(s, c, match):
 
 
 # --- shards ----------------------------------------------------------------------------------
-def _add(tar, name, data: bytes):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _npy(arr) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
 
 
 def _read(path, spaces, media, cfg=RAW):
@@ -253,12 +244,12 @@ def _read(path, spaces, media, cfg=RAW):
 
 def test_text_entries_non_utf8_skipped_empty_kept(tmp_path):
     with tarfile.open(tmp_path / "t-000000.tar", "w") as tar:
-        _add(tar, "a.ts", b"1")
-        _add(tar, "a.txt", "fine ü".encode())
-        _add(tar, "b.ts", b"2")
-        _add(tar, "b.txt", b"\xff\xfe latin-1 \xe9")
-        _add(tar, "c.ts", b"3")
-        _add(tar, "c.txt", b"")
+        add_member(tar, "a.ts", b"1")
+        add_member(tar, "a.txt", "fine ü".encode())
+        add_member(tar, "b.ts", b"2")
+        add_member(tar, "b.txt", b"\xff\xfe latin-1 \xe9")
+        add_member(tar, "c.ts", b"3")
+        add_member(tar, "c.txt", b"")
     keys, chunks, skips = _read(tmp_path / "t-000000.tar", {}, ["txt"])
     assert keys == ["a", "c"] and chunks[0].media["txt"] == ["fine ü", ""]
     assert len(skips) == 1 and skips[0].key == "b" and "b.txt: not utf-8" in skips[0].reason
@@ -357,13 +348,13 @@ def test_duplicate_keys_in_a_shard(tmp_path):
     The same key in two separate samples: both replayed in file order (the reader is streaming and
     keeps no key set); a consumer that inserts by id refuses the second with a named error."""
     with tarfile.open(tmp_path / "d-000000.tar", "w") as tar:
-        _add(tar, "a.ts", b"1")
-        _add(tar, "a.x.npy", _npy(np.ones(4, np.float32) / 2))
-        _add(tar, "a.x.npy", _npy(-np.ones(4, np.float32) / 2))
-        _add(tar, "b.ts", b"2")
-        _add(tar, "b.x.npy", _npy(np.ones(4, np.float32) / 2))
-        _add(tar, "c.ts", b"3")
-        _add(tar, "b.ts", b"4")  # b again, not adjacent: a second sample
+        add_member(tar, "a.ts", b"1")
+        add_member(tar, "a.x.npy", npy_bytes(np.ones(4, np.float32) / 2))
+        add_member(tar, "a.x.npy", npy_bytes(-np.ones(4, np.float32) / 2))
+        add_member(tar, "b.ts", b"2")
+        add_member(tar, "b.x.npy", npy_bytes(np.ones(4, np.float32) / 2))
+        add_member(tar, "c.ts", b"3")
+        add_member(tar, "b.ts", b"4")  # b again, not adjacent: a second sample
     keys, _, skips = _read(tmp_path / "d-000000.tar", {"x": 4}, [])
     assert keys == ["b", "c", "b"]
     assert len(skips) == 1 and skips[0].key == "a" and "duplicate entry 'a.x.npy'" in skips[0].reason
@@ -394,9 +385,9 @@ def test_forged_npy_header_with_huge_shape_is_corrupt(tmp_path):
     head = io.BytesIO()
     np.lib.format.write_array_header_1_0(head, {"descr": "<f4", "fortran_order": False, "shape": (1 << 40, 4)})
     with tarfile.open(tmp_path / "h-000000.tar", "w") as tar:
-        _add(tar, "a.ts", b"1")
-        _add(tar, "a.x.npy", head.getvalue() + b"\x00" * 16)
-        _add(tar, "b.ts", b"2")
+        add_member(tar, "a.ts", b"1")
+        add_member(tar, "a.x.npy", head.getvalue() + b"\x00" * 16)
+        add_member(tar, "b.ts", b"2")
     keys, _, skips = _read(tmp_path / "h-000000.tar", {"x": 4}, [])
     assert keys == ["b"] and "header declares shape (1099511627776, 4)" in skips[0].reason
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tar_helpers import npy_bytes
 
 from data_modules import ReaderConfig, ReplayConfig, ShardSetWriter, StreamReplayDataset, write_manifest
 from data_modules.shard_format import scan_manifest
@@ -49,17 +50,12 @@ def _valid_shard(rng, n_events: int = 6) -> bytes:
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for i in range(n_events):
             for name, data in ((f"e{i}.ts", str(i).encode()), (f"e{i}.txt", f"text {i}".encode()),
-                               (f"e{i}.x.npy", _npy(rng.standard_normal(4).astype(np.float32)))):
+                               (f"e{i}.x.npy", npy_bytes(rng.standard_normal(4).astype(np.float32)))):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
-
-def _npy(a) -> bytes:
-    b = io.BytesIO()
-    np.save(b, a)
-    return b.getvalue()
 
 
 def _hostile_shard(rng, marker: Path, outside: Path) -> bytes:
@@ -75,7 +71,7 @@ def _hostile_shard(rng, marker: Path, outside: Path) -> bytes:
         _member("dev.ts", b"", tarfile.CHRTYPE),
         _member("fifo.ts", b"", tarfile.FIFOTYPE),
         _member("big.ts", b"2", size=None),
-        _member("obj.ts", b"3"), _member("obj.x.npy", _npy(np.array([{"a": 1}], dtype=object))),
+        _member("obj.ts", b"3"), _member("obj.x.npy", npy_bytes(np.array([{"a": 1}], dtype=object))),
     ]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tar_helpers import add_member, npy_bytes
 
 from data_modules import (
     ReaderConfig,
@@ -105,16 +106,6 @@ class _Marker:
         return (Path.touch, (Path(self.path),))
 
 
-def _add(tar, name, data: bytes):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _npy(arr) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
 
 
 def test_pickle_entries_refused_never_unpickled(tmp_path):
@@ -127,13 +118,13 @@ def test_pickle_entries_refused_never_unpickled(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
     with tarfile.open(shards / "bad-000000.tar", "w") as tar:
-        _add(tar, "s0.ts", b"1")
-        _add(tar, "s0.a.npy", _npy(np.ones(4, np.float32)))
+        add_member(tar, "s0.ts", b"1")
+        add_member(tar, "s0.a.npy", npy_bytes(np.ones(4, np.float32)))
         for i, ext in enumerate(("pyd", "pickle", "pkl", "pth")):
-            _add(tar, f"p{i}.ts", b"2")
-            _add(tar, f"p{i}.{ext}", payload)
-        _add(tar, "s1.ts", b"3")
-        _add(tar, "s1.a.npy", _npy(np.full(4, 2, np.float32)))
+            add_member(tar, f"p{i}.ts", b"2")
+            add_member(tar, f"p{i}.{ext}", payload)
+        add_member(tar, "s1.ts", b"3")
+        add_member(tar, "s1.a.npy", npy_bytes(np.full(4, 2, np.float32)))
     m, chunks, skips = _read_all(shards)
     assert not marker.exists()
     assert [k for c in chunks for k in c.keys] == ["s0", "s1"]
@@ -146,12 +137,12 @@ def test_pickle_entries_refused_never_unpickled(tmp_path):
 
 def test_unsafe_names_and_absurd_sizes_rejected(tmp_path):
     with tarfile.open(tmp_path / "x-000000.tar", "w") as tar:
-        _add(tar, "ok.ts", b"1")
-        _add(tar, "../evil.ts", b"2")
-        _add(tar, "/abs.ts", b"3")
-        _add(tar, "big.ts", b"4")
-        _add(tar, "big.txt", b"y" * 5000)
-        _add(tar, "ok2.ts", b"5")
+        add_member(tar, "ok.ts", b"1")
+        add_member(tar, "../evil.ts", b"2")
+        add_member(tar, "/abs.ts", b"3")
+        add_member(tar, "big.ts", b"4")
+        add_member(tar, "big.txt", b"y" * 5000)
+        add_member(tar, "ok2.ts", b"5")
     skips = []
     chunks = list(iter_chunks(str(tmp_path / "x-000000.tar"), {}, ["txt"], ReaderConfig(max_member_bytes=1000,
                                                                                        decode_media=False),
@@ -164,14 +155,14 @@ def test_unsafe_names_and_absurd_sizes_rejected(tmp_path):
 
 def test_corrupt_entries_counted(tmp_path):
     with tarfile.open(tmp_path / "c-000000.tar", "w") as tar:
-        _add(tar, "a.ts", b"not-an-int")
-        _add(tar, "b.ts", b"2")
-        _add(tar, "b.s.npy", b"\x93NUMPY garbage")
-        _add(tar, "c.ts", b"3")
-        _add(tar, "c.s.npy", _npy(np.ones(5, np.float32)))  # wrong d for the manifest
-        _add(tar, "d.ts", b"4")
-        _add(tar, "d.s.npy", _npy(np.array([{"x": 1}], dtype=object)))  # object array needs pickle
-        _add(tar, "e.ts", b"5")
+        add_member(tar, "a.ts", b"not-an-int")
+        add_member(tar, "b.ts", b"2")
+        add_member(tar, "b.s.npy", b"\x93NUMPY garbage")
+        add_member(tar, "c.ts", b"3")
+        add_member(tar, "c.s.npy", npy_bytes(np.ones(5, np.float32)))  # wrong d for the manifest
+        add_member(tar, "d.ts", b"4")
+        add_member(tar, "d.s.npy", npy_bytes(np.array([{"x": 1}], dtype=object)))  # object array needs pickle
+        add_member(tar, "e.ts", b"5")
     skips = []
     chunks = list(iter_chunks(str(tmp_path / "c-000000.tar"), {"s": 4}, [], RAW, skips.append))
     assert [k for c in chunks for k in c.keys] == ["e"]
