@@ -60,6 +60,25 @@ def test_bases_are_orthonormal_and_pca_oriented():
     np.testing.assert_allclose(relevance(x, b), ref, atol=1e-5)
 
 
+def test_warm_started_pca_matches_exact_svd_on_a_sliding_window():
+    # drifting stream, 96-d, windows of 200 sliding by 50: the warm start (2 passes from the last
+    # basis) must capture the top-5 energy of the exact SVD, as the cold 4-pass start does
+    rng = np.random.default_rng(1)
+    centers = unit(rng, 8, 96)
+    topic = np.minimum(np.arange(1200) // 150 + rng.integers(0, 2, 1200), 7)
+    x = centers[topic] + 0.05 * rng.standard_normal((1200, 96)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    prev = None
+    for s in range(200, 1200, 50):
+        w = x[s - 200:s]
+        sv = np.linalg.svd(w.astype(np.float64), compute_uv=False)
+        warm = pca_basis(w, 5, init=prev)
+        np.testing.assert_allclose(warm @ warm.T, np.eye(5), atol=1e-5)
+        assert ((w @ warm.T) ** 2).sum() >= (1 - 3e-3) * (sv[:5] ** 2).sum()  # cold 4-pass: same tolerance
+        assert (warm @ w.mean(0) >= 0).all()
+        prev = warm
+
+
 @pytest.mark.parametrize("basis", ["fixed", "random", "adaptive", "none"])
 def test_prefilter_counts_every_drop(basis):
     x = topic_stream()

@@ -45,7 +45,8 @@ def kmeanspp_seeds(x: np.ndarray, k: int, rng: np.random.Generator, existing: np
             rest = np.setdiff1d(np.arange(n), chosen)[: k - len(chosen)]
             chosen.extend(rest.tolist())
             break
-        j = int(rng.choice(n, p=p / total))
+        # D^2 draw by inverse CDF (what rng.choice(n, p=...) does, without its per-call validation)
+        j = min(int(np.searchsorted(np.cumsum(p), rng.random() * total, side="right")), n - 1)
         chosen.append(j)
         dist = np.minimum(dist, np.clip(1.0 - x @ x[j], 0.0, None))
     return np.asarray(chosen, np.int64)
@@ -104,8 +105,9 @@ class OnlineClusterer:
         self.active = 0  # seeded slots (0..active-1)
         self.batches = 0  # batches seen (the seeding draws are keyed by it)
 
-    def assign_update(self, x: np.ndarray) -> np.ndarray:
-        x = normalise_rows(np.asarray(x, np.float32))
+    def assign_update(self, x: np.ndarray, unit: bool = False) -> np.ndarray:
+        """(N,) labels of (N, d) arrivals; updates the centroids. ``unit``: rows already unit."""
+        x = np.asarray(x, np.float32) if unit else normalise_rows(np.asarray(x, np.float32))
         self.batches += 1
         if len(x) == 0:
             return np.empty(0, np.int64)

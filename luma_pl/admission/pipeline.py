@@ -26,7 +26,7 @@ import dataclasses
 import numpy as np
 
 from luma_pl.admission.adaptive import AdaptiveConfig, AdaptiveController
-from luma_pl.admission.clustering import ClusterConfig, OnlineClusterer
+from luma_pl.admission.clustering import ClusterConfig, OnlineClusterer, normalise_rows
 from luma_pl.admission.heavy_hitters import CounterConfig, HeavyHitterCounter
 from luma_pl.admission.policy import HeavyHitterPolicy
 from luma_pl.admission.prefilter import Prefilter, PrefilterConfig
@@ -100,11 +100,12 @@ class AdmissionPipeline:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (n, {self.dim}), got {x.shape}")
         n = len(x)
-        keep = self.prefilter.step(x)
+        x = normalise_rows(x)  # once: the prefilter's cosines and the clustering both need unit rows
+        keep = self.prefilter.step(x, unit=True)
         labels = np.full(n, -1, np.int64)
         heavy = np.zeros(n, bool)
         if keep.any():
-            lab = self.clusterer.assign_update(x[keep])
+            lab = self.clusterer.assign_update(x[keep], unit=True)
             h, novel = self.counter.update(lab)
             self.adaptive.step(self.counter, novel)
             labels[keep], heavy[keep] = lab, h
@@ -124,7 +125,7 @@ class AdmissionPipeline:
         if d.keep.any():
             self.policy.expect(ids[d.keep], d.labels[d.keep], d.heavy[d.keep])
             memory.insert(ids[d.keep], np.asarray(x, np.float32)[d.keep])
-            self.policy._pending.clear()  # ids a ShardedMemory did not keep here
+            self.policy.clear_pending()  # ids a ShardedMemory did not keep here
         return d
 
     def metrics(self) -> dict[str, float]:

@@ -25,14 +25,19 @@ from luma_pl.memory.policy import BUFFER, HOT, WARM
 class HeavyHitterPolicy:
     def __init__(self, counter: HeavyHitterCounter):
         self.counter = counter
-        self._pending: dict[int, tuple[int, bool]] = {}
+        # the next insert's announced items, sorted by external id: (ids, labels, goes hot)
+        self._pending = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, bool))
         self.label_of_key = np.full(1024, -1, np.int64)  # (keys,) cluster label of each memory key
 
     def expect(self, ids: np.ndarray, labels: np.ndarray, heavy: np.ndarray) -> None:
-        """Announce the next insert's items: external id -> (label, goes hot)."""
-        self._pending.update(zip(np.asarray(ids, np.int64).tolist(),
-                                 zip(np.asarray(labels, np.int64).tolist(), np.asarray(heavy, bool).tolist(),
-                                     strict=True), strict=True))
+        """Announce the next insert's items: external id -> (label, goes hot). Replaces any earlier
+        announcement (an insert consumes one; a ShardedMemory keeps only part of it)."""
+        ids = np.asarray(ids, np.int64)
+        order = np.argsort(ids, kind="stable")
+        self._pending = (ids[order], np.asarray(labels, np.int64)[order], np.asarray(heavy, bool)[order])
+
+    def clear_pending(self) -> None:
+        self._pending = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, bool))
 
     def _grow(self, n: int) -> None:
         if n > len(self.label_of_key):
@@ -43,13 +48,13 @@ class HeavyHitterPolicy:
     # -- AdmissionPolicy ----------------------------------------------------------------------
     def admit_hot(self, memory, keys: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         self._grow(int(keys.max()) + 1 if len(keys) else 0)
-        hot = np.zeros(len(keys), bool)
-        pop = self._pending.pop
-        for j, (key, ext) in enumerate(zip(keys.tolist(), memory.ids[keys].tolist(), strict=True)):
-            label, h = pop(ext, (-1, False))  # an item nobody announced: warm, no label
-            self.label_of_key[key] = label
-            hot[j] = h
-        return hot
+        ids, labels, heavy = self._pending
+        ext = memory.ids[keys]
+        pos = np.minimum(np.searchsorted(ids, ext), max(len(ids) - 1, 0))
+        known = (ids[pos] == ext) if len(ids) else np.zeros(len(keys), bool)
+        # an item nobody announced: warm, no label
+        self.label_of_key[keys] = np.where(known, labels[pos] if len(ids) else -1, -1)
+        return known & (heavy[pos] if len(ids) else known)
 
     def _label_rank(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         labels = self.label_of_key[keys] if len(self.label_of_key) else np.full(len(keys), -1)
@@ -75,4 +80,4 @@ class HeavyHitterPolicy:
         lab = state.get("label_of_key")
         if lab is not None:
             self.label_of_key = np.asarray(lab, np.int64).copy()
-        self._pending.clear()
+        self.clear_pending()

@@ -43,21 +43,33 @@ def random_basis(dim: int, n: int, seed: int) -> np.ndarray:
     return orthonormal_rows(rng.standard_normal((n, dim)))
 
 
-def pca_basis(window: np.ndarray, n: int) -> np.ndarray:
+def pca_basis(window: np.ndarray, n: int, init: np.ndarray | None = None) -> np.ndarray:
     """(n, d) top-n principal directions of the (W, d) window, oriented towards the window mean.
 
     Uncentred (directions of the second moment, i.e. the window's top right singular vectors): the
     first is close to the window's mean direction, the theme itself. Centred PCA would keep only the
-    spread around the theme, to which an on-topic arrival is nearly orthogonal."""
+    spread around the theme, to which an on-topic arrival is nearly orthogonal.
+
+    ``init``: the previous basis (n, d). A sliding window moves by T << W rows between two
+    recomputations, so its subspace is already close: subspace iteration started there needs 2
+    passes instead of 4 from a random start (the adaptive prefilter recomputes every T arrivals, and
+    this is its main cost)."""
     x = np.asarray(window, np.float32)
     mean = x.mean(axis=0)
-    if n + 8 >= min(x.shape):  # small problem: the exact SVD is cheap
+    p = n + 8  # oversampled subspace
+    if p >= min(x.shape):  # small problem: the exact SVD is cheap
         _, _, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
         v = vt[:n]
-    else:  # top-n by seeded subspace iteration: O(W d n) instead of a full O(W d^2) SVD
+    else:  # top-n by seeded subspace iteration: O(W d p) instead of a full O(W d^2) SVD
         rng = np.random.default_rng(0)
-        q = np.linalg.qr(x.T @ rng.standard_normal((x.shape[0], n + 8)).astype(np.float32))[0]
-        for _ in range(4):
+        if init is not None and init.shape == (n, x.shape[1]):
+            q = np.linalg.qr(np.concatenate([init.T, x.T @ rng.standard_normal((x.shape[0], p - n))
+                                             .astype(np.float32)], axis=1))[0]
+            passes = 2
+        else:
+            q = np.linalg.qr(x.T @ rng.standard_normal((x.shape[0], p)).astype(np.float32))[0]
+            passes = 4
+        for _ in range(passes):
             q = np.linalg.qr(x.T @ (x @ q))[0]
         _, _, vt = np.linalg.svd((x @ q).astype(np.float64), full_matrices=False)
         v = vt[:n] @ q.T.astype(np.float64)
@@ -66,10 +78,11 @@ def pca_basis(window: np.ndarray, n: int) -> np.ndarray:
     return (v * sign[:, None]).astype(np.float32)
 
 
-def relevance(x: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """(N,) r(x) = mean_i cos(x, v_i) for (N, d) rows x and (n, d) basis rows."""
+def relevance(x: np.ndarray, basis: np.ndarray, unit: bool = False) -> np.ndarray:
+    """(N,) r(x) = mean_i cos(x, v_i) for (N, d) rows x and (n, d) basis rows (``unit``: x rows are
+    already unit, skip their norms)."""
     x = np.asarray(x, np.float32)
-    norms = np.linalg.norm(x, axis=1)
+    norms = np.ones(len(x), np.float32) if unit else np.linalg.norm(x, axis=1)
     vn = np.linalg.norm(basis, axis=1)
     cos = (x @ basis.T) / np.maximum(norms[:, None] * vn[None, :], 1e-12)
     return cos.mean(axis=1)
@@ -161,8 +174,9 @@ class Prefilter:
     def _window(self) -> np.ndarray:
         return self.ring[: self.filled]
 
-    def step(self, x: np.ndarray) -> np.ndarray:
-        """(N, d) arrivals -> (N,) bool keep mask. Updates the window, the basis and the counters."""
+    def step(self, x: np.ndarray, unit: bool = False) -> np.ndarray:
+        """(N, d) arrivals -> (N,) bool keep mask. Updates the window, the basis and the counters.
+        ``unit``: the rows are already L2-normalised (the pipeline normalises once)."""
         x = np.asarray(x, np.float32)
         n = len(x)
         self.seen += n
@@ -175,7 +189,7 @@ class Prefilter:
                 return np.ones(n, bool)  # too few arrivals for n directions yet: pass them
             self.basis = pca_basis(self._window(), self.cfg.n_vectors)
             self.refreshes += 1
-        r = relevance(x, self.basis)
+        r = relevance(x, self.basis, unit=unit)
         if rows is None:
             self._push(x, r)
         else:
@@ -186,7 +200,7 @@ class Prefilter:
         if self.cfg.basis == "adaptive":
             self.since_refresh += n
             if self.since_refresh >= self.cfg.interval:
-                self.basis = pca_basis(self._window(), self.cfg.n_vectors)
+                self.basis = pca_basis(self._window(), self.cfg.n_vectors, init=self.basis)
                 self.since_refresh = 0
                 self.refreshes += 1
         return keep
