@@ -30,6 +30,7 @@ from luma_pl.admission import (
     space_saving_merge,
 )
 from luma_pl.admission.baselines import FifoWindow, FullRebuild, HeapFilter, KeepAll, Reservoir
+from luma_pl.admission.policy import HeavyHitterPolicy
 from luma_pl.configuration import ConfigError
 from luma_pl.memory import MemoryConfig, TieredMemory
 
@@ -293,11 +294,13 @@ def small_memory(d=32, hot=30, warm=60):
 
 
 @pytest.mark.parametrize("policy", ["random", "min", "space_saving", "count_min"])
-def test_items_mode_counts_everything(policy):
+@pytest.mark.parametrize("victims", ["quota", "label_count"])
+def test_items_mode_counts_everything(policy, victims):
     x = topic_stream()
     pipe = AdmissionPipeline(AdmissionConfig(
         prefilter=PrefilterConfig(basis="adaptive", threshold_mode="quantile", alpha=0.1, window=64, interval=32),
-        cluster=ClusterConfig(m=12), counter=CounterConfig(policy=policy, capacity=4, admit_prob=0.3)), 32)
+        cluster=ClusterConfig(m=12), counter=CounterConfig(policy=policy, capacity=4, admit_prob=0.3),
+        victims=victims), 32)
     mem = small_memory()
     for i in range(0, len(x), 32):
         d = pipe.ingest_items(mem, np.arange(i, min(len(x), i + 32)), x[i:i + 32])
@@ -307,15 +310,52 @@ def test_items_mode_counts_everything(policy):
         assert sum(counts.values()) == mem.counters["inserted"]
         assert counts["evicted"] == mem.counters["evictions"]
     assert mem.counters["evictions"] > 0 and pipe.stats["dropped"] > 0
-    # victims are ranked by the counter: untracked labels first, then the smallest counts
     pol = pipe.policy
-    for victims in (pol.hot_victims(mem, len(mem.keys_in(0))), pol.warm_victims(mem, 10**6)):
-        labels = pol.label_of_key[victims]
+    for tier, budget in ((0, mem.cfg.hot_max_items), (None, mem.cfg.warm_max_items)):
+        victims_ = pol.hot_victims(mem, 10**6) if tier == 0 else pol.warm_victims(mem, 10**6)
+        labels = pol.label_of_key[victims_]
         tracked = pipe.counter.tracked(labels).astype(int)
-        assert (np.diff(tracked) >= 0).all()
         cnt = pipe.counter.count_of(labels)
-        same = np.diff(tracked) == 0
-        assert (np.diff(cnt)[same] >= 0).all()
+        if victims == "label_count":  # untracked labels first, then the smallest counts
+            assert (np.diff(tracked) >= 0).all()
+            same = np.diff(tracked) == 0
+            assert (np.diff(cnt)[same] >= 0).all()
+            continue
+        # quota: brute-force reference of each key's excess over its label's count-proportional share
+        share = {lab: (c if t else 0) for lab, t, c in zip(labels.tolist(), tracked.tolist(), cnt.tolist())}
+        total = max(sum(share.values()), 1)
+        excess = []
+        for key, lab in zip(victims_.tolist(), labels.tolist()):
+            mates = [k for k, m in zip(victims_.tolist(), labels.tolist()) if m == lab]
+            newer = sorted(mates, key=lambda k: (-mem.last_access[k], -k))
+            excess.append(newer.index(key) + 1 - budget * share[lab] / total)
+        if tier == 0:  # hot: the largest excess first
+            assert (np.diff(excess) <= 1e-9).all()
+        else:  # warm: excess first, then fewest hits
+            ex, hits = np.array(excess), mem.hits[victims_]
+            assert (np.diff(ex) <= 1e-9).all()
+            tie = np.abs(np.diff(ex)) <= 1e-9
+            assert (np.diff(hits)[tie] >= 0).all()
+    mem.close()
+
+
+def test_quota_victims_keep_a_frequency_weighted_recent_sample():
+    # two tracked labels with counts 3:1 and an untracked one, 8 items each, budget 8: the quota
+    # ranking evicts the untracked label, then label 0 keeps its 6 newest and label 1 its 2 newest
+    counter = HeavyHitterCounter(CounterConfig(policy="space_saving", capacity=2))
+    counter.update(np.array([0, 0, 0, 1]))
+    mem = small_memory()
+    pol = HeavyHitterPolicy(counter)
+    ids = np.arange(24)
+    labels = np.repeat([0, 1, 2], 8)
+    mem.policy = pol
+    pol.expect(ids, labels, np.zeros(24, bool))
+    mem.insert(ids, unit(np.random.default_rng(0), 24, mem.cfg.dim))
+    mem.last_access[mem._lookup(ids)] = np.arange(24)  # later id = more recently accessed
+    keys = mem._lookup(ids)
+    excess = pol._quota_excess(mem, keys, 8)
+    keep = keys[np.argsort(-excess, kind="stable")][16:]
+    assert sorted(mem.ids[keep].tolist()) == [2, 3, 4, 5, 6, 7, 14, 15]
     mem.close()
 
 

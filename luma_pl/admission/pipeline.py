@@ -28,7 +28,7 @@ import numpy as np
 from luma_pl.admission.adaptive import AdaptiveConfig, AdaptiveController
 from luma_pl.admission.clustering import ClusterConfig, OnlineClusterer, normalise_rows
 from luma_pl.admission.heavy_hitters import CounterConfig, HeavyHitterCounter
-from luma_pl.admission.policy import HeavyHitterPolicy
+from luma_pl.admission.policy import VICTIM_RANKINGS, HeavyHitterPolicy
 from luma_pl.admission.prefilter import Prefilter, PrefilterConfig
 from luma_pl.configuration import StrictConfig, require
 
@@ -53,6 +53,10 @@ class AdmissionConfig(StrictConfig):
     """prototypes mode: arrivals between two prototype upserts (T)."""
     probe: int = 8
     """prototypes mode: prototypes probed per query before exact re-scoring of their members."""
+    victims: str = "quota"
+    """items mode: how the memory's victims are ranked when a tier is full: 'quota' (each tracked
+    label keeps a count-proportional share of the budget, its newest items) or 'label_count' (whole
+    labels, smallest count first). See ``luma_pl.admission.policy``."""
 
     def validate(self) -> None:
         for name, cls in (("prefilter", PrefilterConfig), ("cluster", ClusterConfig), ("counter", CounterConfig),
@@ -64,6 +68,7 @@ class AdmissionConfig(StrictConfig):
         require(self.mode in MODES, o, "mode", self.mode, f"use one of {MODES}")
         require(self.upsert_interval >= 1, o, "upsert_interval", self.upsert_interval, "use T >= 1 arrivals")
         require(self.probe >= 1, o, "probe", self.probe, "use >= 1 prototypes per query")
+        require(self.victims in VICTIM_RANKINGS, o, "victims", self.victims, f"use one of {VICTIM_RANKINGS}")
         require(self.cluster.m > self.counter.capacity or self.mode == "prototypes", o, "counter.capacity",
                 self.counter.capacity, f"items mode needs B < m={self.cluster.m}, else every cluster is heavy")
 
@@ -91,7 +96,7 @@ class AdmissionPipeline:
         self.clusterer = OnlineClusterer(config.cluster, dim)
         self.counter = HeavyHitterCounter(config.counter)
         self.adaptive = AdaptiveController(config.adaptive)
-        self.policy = HeavyHitterPolicy(self.counter)
+        self.policy = HeavyHitterPolicy(self.counter, config.victims)
         self.stats = {"arrivals": 0, "dropped": 0, "passed": 0, "heavy": 0}
 
     def step(self, x: np.ndarray) -> Decision:
