@@ -322,11 +322,11 @@ def test_items_mode_counts_everything(policy, victims):
             assert (np.diff(cnt)[same] >= 0).all()
             continue
         # quota: brute-force reference of each key's excess over its label's count-proportional share
-        share = {lab: (c if t else 0) for lab, t, c in zip(labels.tolist(), tracked.tolist(), cnt.tolist())}
+        share = {lab: (c if t else 0) for lab, t, c in zip(labels.tolist(), tracked.tolist(), cnt.tolist(), strict=True)}
         total = max(sum(share.values()), 1)
         excess = []
-        for key, lab in zip(victims_.tolist(), labels.tolist()):
-            mates = [k for k, m in zip(victims_.tolist(), labels.tolist()) if m == lab]
+        for key, lab in zip(victims_.tolist(), labels.tolist(), strict=True):
+            mates = [k for k, m in zip(victims_.tolist(), labels.tolist(), strict=True) if m == lab]
             newer = sorted(mates, key=lambda k: (-mem.last_access[k], -k))
             excess.append(newer.index(key) + 1 - budget * share[lab] / total)
         if tier == 0:  # hot: the largest excess first

@@ -27,7 +27,6 @@ import numpy as np
 from luma_pl.admission.heavy_hitters import HeavyHitterCounter
 from luma_pl.memory.policy import BUFFER, HOT, WARM
 
-
 VICTIM_RANKINGS = ("quota", "label_count")
 
 
