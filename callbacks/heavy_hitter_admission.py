@@ -13,6 +13,15 @@ identical pipeline on the identical global batch, and the decision's checksum is
 batch still joins those collectives. Counters (arrivals, drops, label admissions/evictions, u_t,
 B_t) are logged with ``pl_module.log_dict`` and saved in checkpoints (``state_dict``: numpy arrays
 become tensors, scalars stay primitives; ``load_state_dict`` uses ``.get`` defaults).
+
+Two index-update modes (``config.mode``):
+* ``items``: passed arrivals go into ``pl_module.memory`` (heavy-hitter clusters hot, others warm).
+* ``prototypes``: ``pl_module.memory`` holds the counter's unit centroids (id = label), upserted
+  every ``upsert_interval`` arrivals; the heavy clusters' members live in a ``PrototypeIndex``
+  (ids in RAM, vectors in an on-disk store under ``prototype_dir``, or a temporary folder), set as
+  ``pl_module.prototypes`` so anything that asks questions calls ``pl_module.prototypes.search``.
+  Its members (ids, labels and vectors, at most ``members_per_label`` per label) are saved in the
+  checkpoint. Every rank holds the same members; a ShardedMemory keeps its share of the centroids.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import numpy as np
 import torch
 
 from luma_pl.admission.distributed import agree, allgather_rows
-from luma_pl.admission.pipeline import AdmissionConfig, AdmissionPipeline
+from luma_pl.admission.pipeline import AdmissionConfig, AdmissionPipeline, PrototypeIndex
 
 KEY_MODES = ("int", "hash")
 
@@ -57,24 +66,25 @@ def _to_arrays(obj):
 
 
 class HeavyHitterAdmission(pl.Callback):
-    """``config``: an ``AdmissionConfig`` or its dict (items mode); ``space``: the embedding space to
-    admit; ``key_to_id``: 'int' or 'hash'; ``log``: log the counters every batch."""
+    """``config``: an ``AdmissionConfig`` or its dict (``mode`` 'items' or 'prototypes'); ``space``:
+    the embedding space to admit; ``key_to_id``: 'int' or 'hash'; ``log``: log the counters every
+    batch; ``prototype_dir``: prototypes mode, the folder of the member store (None = temporary)."""
 
     def __init__(self, config: AdmissionConfig | dict | None = None, space: str = "minilm",
-                 key_to_id: str = "int", log: bool = True):
+                 key_to_id: str = "int", log: bool = True, prototype_dir: str | None = None):
         cfg = config if isinstance(config, AdmissionConfig) else AdmissionConfig.from_dict(config or {})
         cfg.validate()
-        if cfg.mode != "items":
-            raise ValueError(f"config.mode={cfg.mode!r}: the callback inserts items into pl_module.memory; "
-                             "use mode='items' (prototypes mode is PrototypeIndex, driven directly)")
         if key_to_id not in KEY_MODES:
             raise ValueError(f"key_to_id={key_to_id!r} is invalid; use one of {KEY_MODES}")
         self.cfg = cfg
         self.space = space
         self.key_to_id = key_to_id
         self.log = log
+        self.prototype_dir = prototype_dir
         self.pipeline: AdmissionPipeline | None = None
+        self.prototypes: PrototypeIndex | None = None
         self._pending_state: dict | None = None
+        self._pending_protos: dict | None = None
         self.batches = 0
 
     @staticmethod
@@ -111,16 +121,39 @@ class HeavyHitterAdmission(pl.Callback):
             raise ValueError(f"batch['emb'][{self.space!r}] has d={x.shape[1]} but the memory holds d={dim}")
         ids, x, _ = allgather_rows(ids, x)  # the global batch, identical on every rank
         pipe = self._pipeline(dim)
-        decision = pipe.ingest_items(memory, ids, x) if len(ids) else pipe.step(x)
+        if self.cfg.mode == "prototypes":
+            decision = self._prototype_index(pl_module, memory).ingest(ids, x)
+        else:
+            decision = pipe.ingest_items(memory, ids, x) if len(ids) else pipe.step(x)
         agree(decision.checksum(), "the admission decision")
         self.batches += 1
         if self.log:
-            pl_module.log_dict(pipe.metrics(), on_step=True, on_epoch=False, batch_size=max(1, len(ids)))
+            metrics = pipe.metrics()
+            if self.prototypes is not None:
+                metrics.update({f"admission/prototype_{k}": float(v) for k, v in self.prototypes.stats.items()})
+                metrics["admission/prototype_members"] = float(self.prototypes.held())
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=max(1, len(ids)))
+
+    def _prototype_index(self, pl_module: pl.LightningModule, memory) -> PrototypeIndex:
+        if self.prototypes is None or self.prototypes.memory is not memory:  # first batch, or a restored memory
+            if self.prototypes is not None:
+                self.prototypes.memory = memory
+            else:
+                self.prototypes = PrototypeIndex(self.pipeline, memory, directory=self.prototype_dir)
+                if self._pending_protos is not None:
+                    self.prototypes.load_state_dict(self._pending_protos)
+                    self._pending_protos = None
+        pl_module.prototypes = self.prototypes
+        return self.prototypes
 
     # -- checkpoint state ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state = self.pipeline.state_dict() if self.pipeline is not None else (self._pending_state or {})
-        return {"pipeline": _to_tensors(state), "batches": int(self.batches)}
+        out = {"pipeline": _to_tensors(state), "batches": int(self.batches)}
+        protos = self.prototypes.state_dict() if self.prototypes is not None else self._pending_protos
+        if protos is not None:
+            out["prototypes"] = _to_tensors(protos)
+        return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.batches = int(state_dict.get("batches", 0))
@@ -129,3 +162,10 @@ class HeavyHitterAdmission(pl.Callback):
             self.pipeline.load_state_dict(state)
         else:
             self._pending_state = state
+        protos = state_dict.get("prototypes")
+        if protos is not None:
+            protos = _to_arrays(protos)
+            if self.prototypes is not None:
+                self.prototypes.load_state_dict(protos)
+            else:
+                self._pending_protos = protos

@@ -12,6 +12,7 @@ from callbacks.heavy_hitter_admission import HeavyHitterAdmission, keys_to_ids
 from callbacks.memory_checkpoint import MemoryCheckpoint
 from callbacks.tier_migration import TierMigration
 from data_modules import StreamReplayDataModule, write_blocks
+from luma_pl.configuration import ConfigError
 from luma_pl.memory import MemoryConfig, TieredMemory
 
 D, N, BATCH = 32, 320, 16
@@ -125,8 +126,8 @@ def test_key_modes_and_errors():
         keys_to_ids(["a-1"], "int")
     with pytest.raises(ValueError, match="key_to_id"):
         HeavyHitterAdmission(key_to_id="sha")
-    with pytest.raises(ValueError, match="mode"):
-        HeavyHitterAdmission({"mode": "prototypes"})
+    with pytest.raises(ConfigError, match="mode"):
+        HeavyHitterAdmission({"mode": "centroids"})
     with pytest.raises(ValueError, match="every_n_batches"):
         TierMigration(every_n_batches=0)
     adm = HeavyHitterAdmission(ADMISSION)
@@ -135,3 +136,77 @@ def test_key_modes_and_errors():
     mig = TierMigration()
     mig.load_state_dict({})
     assert mig.checks == 0 and len(mig.counter) == 0
+
+
+class HoldingModule(LightningModule):
+    """Holds the memory the callbacks drive; asks nothing during the fit."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+        self.memory = TieredMemory(MemoryConfig(dim=D, hot_max_items=16, hot_max_bytes=1 << 20, warm_max_items=0,
+                                                pq_m=4, hot_backend="flat"))
+
+    def training_step(self, batch, batch_idx):
+        return None
+
+    def configure_optimizers(self):
+        return None
+
+
+def run_prototypes(tmp_path, shards, save_at=None, resume=None):
+    model = HoldingModule()
+    cfg = {**ADMISSION, "mode": "prototypes", "upsert_interval": 48, "probe": 2, "members_per_label": 20}
+    adm = HeavyHitterAdmission(cfg, space="minilm", prototype_dir=str(tmp_path / "members"))
+    cbs = [adm, MemoryCheckpoint(model.memory, on_restore=lambda m: setattr(model, "memory", m))]
+    if save_at:
+        cbs.append(SaveAt(tmp_path / "mid.ckpt", save_at))
+    trainer(tmp_path, cbs).fit(model, datamodule=StreamReplayDataModule(root=str(shards), batch_size=BATCH),
+                                ckpt_path=resume)
+    return model, adm
+
+
+@pytest.mark.slow
+def test_prototypes_mode_counts_searches_exactly_and_resumes(tmp_path):
+    shards = tmp_path / "shards"
+    write_stream(shards)
+    model, adm = run_prototypes(tmp_path / "a", shards)
+    idx, pipe = model.prototypes, adm.pipeline
+    assert idx is adm.prototypes and idx.stats["upserts"] == N // 48
+    # every arrival is accounted for: dropped by the prefilter, not admitted, or kept; kept members
+    # are held or dropped (label left the counter, or over members_per_label), all counted
+    s = idx.stats
+    assert pipe.stats["dropped"] + s["not_admitted"] + s["kept"] == N
+    assert s["kept"] == idx.held() + s["member_drops"] and s["member_drops"] > 0
+    assert all(len(m) <= 20 for m in idx.members.values())
+    # the memory holds the upserted centroids (id = label), at most B of them
+    assert set(model.memory.ids[model.memory.keys_in(0)].tolist()) == idx.indexed
+    assert 0 < len(idx.indexed) <= pipe.counter.capacity
+    # search = brute force: the `probe` nearest indexed centroids (as of the last upsert, which the
+    # memory holds), then exact scores of their members
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((12, D)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    ids, sc = idx.search(q, 5)
+    labels = np.array(sorted(idx.indexed))
+    cents = model.memory.originals.get(model.memory._lookup(labels))
+    xs = {i: idx.store.get(np.array([r]))[0] for m in idx.members.values() for i, r in m}
+    for qi in range(len(q)):
+        near = labels[np.argsort(-(cents @ q[qi]), kind="stable")[:2]]
+        cand = [i for lab in near.tolist() for i, _ in idx.members.get(lab, ())]
+        ref = sorted(cand, key=lambda i: -float(xs[i] @ q[qi]))[:5]
+        assert ids[qi, : len(ref)].tolist() == ref
+        np.testing.assert_allclose(sc[qi, : len(ref)], [xs[i] @ q[qi] for i in ref], rtol=1e-5)
+    # resume from a mid-stream checkpoint: same members, counters and answers
+    run_prototypes(tmp_path / "b", shards, save_at=7)
+    model_c, adm_c = run_prototypes(tmp_path / "c", shards, resume=str(tmp_path / "b" / "mid.ckpt"))
+    def member_ids(index):  # store rows differ after a resume (the vectors are appended anew)
+        return {lab: [i for i, _ in m] for lab, m in index.members.items()}
+
+    assert member_ids(model_c.prototypes) == member_ids(idx) and model_c.prototypes.stats == idx.stats
+    ids_c, sc_c = model_c.prototypes.search(q, 5)
+    np.testing.assert_array_equal(ids_c, ids)
+    np.testing.assert_allclose(sc_c, sc, rtol=1e-6)
+    ckpt = torch.load(tmp_path / "b" / "mid.ckpt", weights_only=True)
+    state = next(v for k, v in ckpt["callbacks"].items() if "HeavyHitterAdmission" in k)
+    assert state["prototypes"]["member_vec"].shape[1] == D

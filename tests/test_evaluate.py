@@ -66,6 +66,26 @@ def test_evaluate_single_process_report_plots_and_wandb(tmp_path):
     assert len(runs) == 1 and runs[0].stat().st_size > 0
 
 
+def test_evaluate_prototypes_mode_answers_and_certifies_nothing(tmp_path):
+    from evaluate import run_evaluation
+
+    _stream(tmp_path / "shards")
+    protos = ["--model.admission.mode", "prototypes", "--model.admission.prefilter.basis", "none",
+              "--model.admission.cluster.m", "24", "--model.admission.counter.capacity", "16",
+              "--model.admission.upsert_interval", "64", "--model.admission.probe", "16",
+              "--model.admission.members_per_label", "0", "--trainer.logger", "false"]
+    summary, cli = run_evaluation(_args(tmp_path / "shards", tmp_path / "run", protos))
+    ev = cli.model
+    assert ev.prototypes is not None and summary["events"] == 640 and summary["queries"] > 0
+    # the memory holds at most B centroids; the members hold what the counter admitted
+    assert len(ev.memory) <= 16 and ev.series[-1]["prototype_members"] == ev.prototypes.held() > 0
+    # probing every tracked prototype re-scores every held member exactly: recall is that of the
+    # held items (the bridge recovers the map exactly on this stream)
+    assert summary["recall@5"] > 0.3
+    # nothing is certified: an unprobed cluster's items are unbounded
+    assert summary["safe@1"] == 0.0 and summary["safe@5"] == 0.0
+
+
 def _run_cli(args: list[str], cwd: Path) -> dict:
     env = dict(os.environ, LUMA_NUM_THREADS="1", WANDB_MODE="offline", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *args], cwd=cwd, env=env,

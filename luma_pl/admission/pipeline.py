@@ -53,6 +53,9 @@ class AdmissionConfig(StrictConfig):
     """prototypes mode: arrivals between two prototype upserts (T)."""
     probe: int = 8
     """prototypes mode: prototypes probed per query before exact re-scoring of their members."""
+    members_per_label: int = 1024
+    """prototypes mode: members kept per tracked label (the newest; older ones are dropped and
+    counted); bounds the member store and the checkpoint on a never-ending stream. 0 = unbounded."""
     victims: str = "quota"
     """items mode: how the memory's victims are ranked when a tier is full: 'quota' (each tracked
     label keeps a count-proportional share of the budget, its newest items) or 'label_count' (whole
@@ -68,6 +71,8 @@ class AdmissionConfig(StrictConfig):
         require(self.mode in MODES, o, "mode", self.mode, f"use one of {MODES}")
         require(self.upsert_interval >= 1, o, "upsert_interval", self.upsert_interval, "use T >= 1 arrivals")
         require(self.probe >= 1, o, "probe", self.probe, "use >= 1 prototypes per query")
+        require(self.members_per_label >= 0, o, "members_per_label", self.members_per_label,
+                "use >= 1 members per label, or 0 for no cap")
         require(self.victims in VICTIM_RANKINGS, o, "victims", self.victims, f"use one of {VICTIM_RANKINGS}")
         require(self.cluster.m > self.counter.capacity or self.mode == "prototypes", o, "counter.capacity",
                 self.counter.capacity, f"items mode needs B < m={self.cluster.m}, else every cluster is heavy")
@@ -157,7 +162,7 @@ class AdmissionPipeline:
 
 
 class PrototypeIndex:
-    """prototypes mode over a TieredMemory that holds the centroids (ids = labels)."""
+    """prototypes mode over a TieredMemory (or ShardedMemory) that holds the centroids (ids = labels)."""
 
     def __init__(self, pipeline: AdmissionPipeline, memory, directory: str | None = None):
         import tempfile
@@ -166,9 +171,10 @@ class PrototypeIndex:
 
         self.pipeline = pipeline
         self.memory = memory
+        self._owns_dir = directory is None
         self._dir = tempfile.mkdtemp(prefix="luma_protos_") if directory is None else directory
         self.store = OriginalsStore(self._dir, pipeline.dim)  # member vectors, on disk
-        self.members: dict[int, list[tuple[int, int]]] = {}  # label -> [(item id, store row)]
+        self.members: dict[int, list[tuple[int, int]]] = {}  # label -> [(item id, store row)], oldest first
         self.since_upsert = 0
         self.indexed: set[int] = set()
         self.stats = {"kept": 0, "not_admitted": 0, "member_drops": 0, "upserts": 0}
@@ -187,10 +193,21 @@ class PrototypeIndex:
         counter = self.pipeline.counter
         for lab in [lab for lab in self.members if lab not in counter.count]:
             self.stats["member_drops"] += len(self.members.pop(lab))
+        cap = self.pipeline.cfg.members_per_label
+        if cap:
+            for lab in np.unique(d.labels[take]).tolist():
+                over = len(self.members.get(lab, ())) - cap
+                if over > 0:  # the oldest members go first
+                    del self.members[lab][:over]
+                    self.stats["member_drops"] += over
         self.since_upsert += len(x)
         if self.since_upsert >= self.pipeline.cfg.upsert_interval:
             self.upsert()
         return d
+
+    def held(self) -> int:
+        """Members retrievable now."""
+        return sum(len(v) for v in self.members.values())
 
     def upsert(self) -> None:
         """Write the tracked labels' current centroids into the index; evict untracked ones."""
@@ -225,11 +242,41 @@ class PrototypeIndex:
 
     def nbytes(self) -> int:
         """RAM: the prototype memory's tiers + 16 bytes per member (id + store row)."""
-        b = self.memory.bytes_by_tier()
-        return int(b["hot"] + b["warm"] + 16 * sum(len(v) for v in self.members.values()))
+        local = getattr(self.memory, "local", self.memory)
+        b = local.bytes_by_tier()
+        return int(b["hot"] + b["warm"] + 16 * self.held())
+
+    # -- checkpoint state: arrays and primitives; the member vectors travel with it -------------
+    def state_dict(self) -> dict:
+        labs = [lab for lab, m in self.members.items() for _ in m]
+        flat = [pair for m in self.members.values() for pair in m]
+        rows = np.array([r for _, r in flat], np.int64)
+        return {"member_label": np.array(labs, np.int64), "member_id": np.array([i for i, _ in flat], np.int64),
+                "member_vec": self.store.get(rows) if len(rows) else np.zeros((0, self.pipeline.dim), np.float32),
+                "indexed": np.array(sorted(self.indexed), np.int64), "since_upsert": int(self.since_upsert),
+                **{f"stat_{k}": int(v) for k, v in self.stats.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore members (their vectors are appended to this index's store) and counters. The
+        centroid memory itself is restored by MemoryCheckpoint, or rebuilt by the next upsert."""
+        labs = np.asarray(state.get("member_label", np.empty(0)), np.int64)
+        ids = np.asarray(state.get("member_id", np.empty(0)), np.int64)
+        vec = np.asarray(state.get("member_vec", np.zeros((0, self.pipeline.dim))), np.float32)
+        if not (len(labs) == len(ids) == len(vec)):
+            raise ValueError(f"prototype state holds {len(labs)} labels, {len(ids)} ids and {len(vec)} vectors; "
+                             "the checkpoint is corrupt")
+        rows = self.store.append(vec.reshape(len(vec), self.pipeline.dim)) if len(vec) else np.empty(0, np.int64)
+        self.members = {}
+        for lab, i, r in zip(labs.tolist(), ids.tolist(), rows.tolist(), strict=True):
+            self.members.setdefault(lab, []).append((i, r))
+        self.indexed = set(np.asarray(state.get("indexed", np.empty(0)), np.int64).tolist())
+        self.since_upsert = int(state.get("since_upsert", 0))
+        for k in self.stats:
+            self.stats[k] = int(state.get(f"stat_{k}", 0))
 
     def close(self) -> None:
         import shutil
 
         self.store.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._owns_dir:
+            shutil.rmtree(self._dir, ignore_errors=True)

@@ -32,11 +32,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from luma_pl.admission.pipeline import AdmissionConfig, AdmissionPipeline
+from luma_pl.admission.pipeline import AdmissionConfig, AdmissionPipeline, PrototypeIndex
 from luma_pl.bridge.procrustes import ProcrustesConfig, StreamingProcrustes
 from luma_pl.configuration import StrictConfig, as_config, require
 from luma_pl.memory import MemoryConfig, TieredMemory
+from luma_pl.memory.policy import HOT
 from luma_pl.memory.sharded import ShardedMemory
+from luma_pl.memory.tiered import SearchResult
 from luma_pl.metrics import functional as MF
 from luma_pl.telemetry import safe_at_k as S
 from luma_pl.telemetry.functional import EPSILON_SOURCES
@@ -170,8 +172,14 @@ class StreamEvaluator(pl.LightningModule):
         local = TieredMemory(self.memory_cfg, directory=None if self.memory_dir is None
                              else f"{self.memory_dir}/rank{rank}")
         self.memory = ShardedMemory(local) if world > 1 else local
+        self.prototypes = None
         if self.admission_cfg is not None:
             self.admission = AdmissionPipeline(self.admission_cfg, dim=self.memory_cfg.dim)
+            if self.admission_cfg.mode == "prototypes":
+                # the memory holds the centroids; every rank keeps the same members (it replays the
+                # same batches), so answers are the same on every rank
+                self.prototypes = PrototypeIndex(self.admission, self.memory, directory=None if self.memory_dir is None
+                                                 else f"{self.memory_dir}/rank{rank}/members")
         if self.cfg.bridge_checkpoint:
             ckpt = load_checkpoint_safely(self.cfg.bridge_checkpoint, "bridge_checkpoint")
             state = {k[len("bridge."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("bridge.")}
@@ -211,7 +219,9 @@ class StreamEvaluator(pl.LightningModule):
         t = time.perf_counter()
         if B and item_ok.any():
             x = emb[cfg.item_space].numpy()[item_ok]
-            if self.admission is not None:
+            if self.prototypes is not None:
+                self.prototypes.ingest(ids[item_ok], x)
+            elif self.admission is not None:
                 self.admission.ingest_items(self.memory, ids[item_ok], x)
             else:
                 self.memory.insert(ids[item_ok], x)
@@ -270,7 +280,7 @@ class StreamEvaluator(pl.LightningModule):
         q, a_norm, u_norm = S.bridge_queries(self.bridge, torch.from_numpy(a))  # (Q, d_c)
         t = time.perf_counter()
         # k + 1 candidates: the certificate compares the top-k against the next one
-        res = self.memory.search(q.numpy(), k + 1, rescore=cfg.rescore, record_hits=True)
+        res = self._search(q.numpy(), k + 1)
         if len(a):
             self._lat.append((time.perf_counter() - t) / len(a))
         if not len(a):
@@ -288,8 +298,8 @@ class StreamEvaluator(pl.LightningModule):
         eps_q = S.query_epsilon(choice, a_norm, u_norm)
         rank, world = _world()
         mode = cfg.certificate_distances
-        if mode == "auto":
-            mode = "vectors" if world == 1 else "cap"
+        if mode == "auto" or self.prototypes is not None:
+            mode = "vectors" if world == 1 and self.prototypes is None else "cap"
         cert = S.certify_search(res, k, eps_q, memory=self.local_memory if mode == "vectors" else None,
                                 rescored=cfg.rescore, distances=mode)
         sums = self._sums
@@ -302,6 +312,17 @@ class StreamEvaluator(pl.LightningModule):
                         ("old_queries", (~fresh).sum()), ("old_queries_hit", hit[torch.from_numpy(~fresh)].sum())):
             sums[SUMS.index(name)] += float(v)
         self._eps_used = (choice.value, choice.source)
+
+    def _search(self, q: np.ndarray, k: int) -> SearchResult:
+        if self.prototypes is None:
+            return self.memory.search(q, k, rescore=self.cfg.rescore, record_hits=True)
+        # prototypes mode: exact scores of the probed clusters' members. An item of an unprobed
+        # cluster is not bounded by anything the search saw, so the closing term is infinite and
+        # no answer is certified (Safe@k = 0, counted as such, not skipped).
+        ids, scores = self.prototypes.search(q, k)
+        valid = ids >= 0
+        return SearchResult(ids, scores, np.where(valid, HOT, -1).astype(np.int8),
+                            np.zeros(ids.shape, np.float32), math.inf)
 
     def _close_window(self) -> None:
         sums = torch.from_numpy(self._sums.copy())
@@ -327,6 +348,7 @@ class StreamEvaluator(pl.LightningModule):
                  "hot_items": stats["hot"], "warm_items": stats["warm"] + stats["buffer"], "evicted": stats["evicted"],
                  "hot_bytes": by_tier["hot"], "warm_bytes": by_tier["warm"],
                  "dropped": float(self.admission.prefilter.dropped) if self.admission is not None else 0.0,
+                 "prototype_members": float(self.prototypes.held()) if self.prototypes is not None else 0.0,
                  "wall_s": time.perf_counter() - self._t0}
         self.series.append(point)
         # straight to the loggers, stepped by replayed batches: a window can also close in

@@ -54,6 +54,15 @@ class ShardedMemory:
             self.local.insert(ids[mine], np.asarray(vectors)[mine], **kwargs)
         return int(mine.sum())
 
+    def evict(self, ids) -> int:
+        """Evict this rank's share of ``ids`` (each must be live on its owner); return how many it
+        evicted. Not a collective."""
+        ids = np.asarray(ids)
+        mine = self.owns(ids)
+        if mine.any():
+            self.local.evict(ids[mine])
+        return int(mine.sum())
+
     def _all_gather(self, t: torch.Tensor) -> torch.Tensor:
         out = [torch.empty_like(t) for _ in range(self.world)]
         dist.all_gather(out, t, group=self.group)
