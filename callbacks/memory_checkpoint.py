@@ -3,20 +3,51 @@
 The state is tensors and primitives (``luma_pl.memory.state_dict`` as tensors), so checkpoints load with
 ``torch.load(..., weights_only=True)``. A checkpoint written without memory state (an older run)
 restores nothing and leaves the current memory as it is.
+
+Under DDP each rank holds its own shard, but Lightning writes rank 0's checkpoint dict only. So
+with more than one rank every rank packs its shard (``np.savez``: arrays only, read back with
+``allow_pickle=False``) into a uint8 tensor, the buffers are all-gathered (``on_save_checkpoint``
+runs on every rank), and the checkpoint holds ``{"world": W, "shards": [W tensors]}``. On load
+rank r restores shard r; a run with a different world size is refused (ids are placed by
+``hash % W``, so the shards would not match their owners).
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from luma_pl.memory import TieredMemory, from_state_dict, state_dict
+from luma_pl.memory.sharded import allgather_bytes
 
 STATE_KEY = "luma_memory"
+_META_KEY = "__meta_json__"
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _pack(state: dict) -> np.ndarray:
+    """A memory state (arrays + JSON meta) as one uint8 buffer in npz format (no pickled object)."""
+    buf = io.BytesIO()
+    meta = np.frombuffer(state["meta"].encode(), np.uint8)
+    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in state["arrays"].items()}, **{_META_KEY: meta})
+    return np.frombuffer(buf.getvalue(), np.uint8)
+
+
+def _unpack(blob) -> dict:
+    data = blob.numpy() if isinstance(blob, torch.Tensor) else np.asarray(blob, np.uint8)
+    with np.load(io.BytesIO(data.tobytes()), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != _META_KEY}
+        meta = z[_META_KEY].tobytes().decode()
+    return {"arrays": arrays, "meta": meta}
 
 
 class MemoryCheckpoint(pl.Callback):
@@ -41,6 +72,10 @@ class MemoryCheckpoint(pl.Callback):
         if memory is None:
             return
         state = state_dict(memory)
+        if _world() > 1:
+            shards = allgather_bytes(_pack(state))
+            checkpoint[STATE_KEY] = {"world": len(shards), "shards": [torch.from_numpy(b) for b in shards]}
+            return
         # tensors, not numpy arrays: torch.load(weights_only=True) accepts them without allow-lists
         checkpoint[STATE_KEY] = {"arrays": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state["arrays"].items()},
                                  "meta": state["meta"]}
@@ -49,8 +84,16 @@ class MemoryCheckpoint(pl.Callback):
         state = checkpoint.get(STATE_KEY)
         if state is None:
             return
-        arrays = {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in state["arrays"].items()}
-        restored = from_state_dict({"arrays": arrays, "meta": state["meta"]})
+        if "shards" in state:
+            world, rank = _world(), dist.get_rank() if _world() > 1 else 0
+            if int(state.get("world", len(state["shards"]))) != world:
+                raise ValueError(f"the checkpoint holds {len(state['shards'])} memory shards (one per rank of the run "
+                                 f"that wrote it) but this run has world size {world}; resume with "
+                                 f"{len(state['shards'])} ranks (ids are placed by hash % world size)")
+            restored = from_state_dict(_unpack(state["shards"][rank]))
+        else:
+            arrays = {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in state["arrays"].items()}
+            restored = from_state_dict({"arrays": arrays, "meta": state["meta"]})
         current = self._current(pl_module)
         if current is not None:
             current.close()

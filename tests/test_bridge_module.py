@@ -207,3 +207,18 @@ def test_procrustes_module_two_rank_lightning_ddp_equals_one_process(tmp_path):
     assert int(model.bridge.refreshes) == int(single.refreshes) >= 3
     assert float((model.bridge.W - single.W).abs().max()) <= 1e-9
     assert float(trainer.callback_metrics["val/queries"]) > 20  # both ranks' queries were scored
+
+
+def test_strategy_process_group_backend_per_device():
+    # CPU tensors cross ranks in the memory/admission/replay collectives: on CUDA the group must
+    # carry them over gloo beside NCCL; on CPU it is plain gloo; an explicit choice is kept
+    import torch
+
+    from luma_pl.modules import ClosedFormDDPStrategy
+
+    gpu = ClosedFormDDPStrategy(parallel_devices=[torch.device("cuda", 0)])
+    assert gpu._get_process_group_backend() == "cpu:gloo,cuda:nccl"
+    cpu = ClosedFormDDPStrategy(parallel_devices=[torch.device("cpu")])
+    assert cpu._get_process_group_backend() == "gloo"
+    own = ClosedFormDDPStrategy(parallel_devices=[torch.device("cuda", 0)], process_group_backend="nccl")
+    assert own._get_process_group_backend() == "nccl"

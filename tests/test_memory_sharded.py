@@ -3,11 +3,15 @@
 import os
 import socket
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from callbacks.memory_checkpoint import MemoryCheckpoint
 from luma_pl.memory import MemoryConfig, TieredMemory
 from luma_pl.memory.sharded import ShardedMemory, shard_of, stable_hash
 
@@ -42,7 +46,22 @@ def _worker(rank, world, port, out_dir):
         # ranks ask different numbers of queries (rank 1 asks none) to exercise padding
         mine = q if rank == 0 else q[:0]
         r = mem.search(mine, K)
-        np.savez(os.path.join(out_dir, f"rank{rank}.npz"), ids=r.ids, scores=r.scores, tiers=r.tiers, kept=kept)
+        # MemoryCheckpoint: every rank's shard goes into rank 0's checkpoint; each rank gets its own back
+        ckpt = {}
+        MemoryCheckpoint().on_save_checkpoint(None, SimpleNamespace(memory=mem), ckpt)
+        path = os.path.join(out_dir, "mem.ckpt")
+        if rank == 0:
+            torch.save(ckpt, path)
+        dist.barrier()
+        holder = SimpleNamespace(memory=ShardedMemory(TieredMemory(MemoryConfig(**CFG))))
+        MemoryCheckpoint().on_load_checkpoint(None, holder, torch.load(path, weights_only=True))
+        back = holder.memory.search(mine, K)
+        same_ids = sorted(holder.memory.local.ids[holder.memory.local.keys_in(0)].tolist()) == sorted(
+            mem.local.ids[mem.local.keys_in(0)].tolist())
+        np.savez(os.path.join(out_dir, f"rank{rank}.npz"), ids=r.ids, scores=r.scores, tiers=r.tiers, kept=kept,
+                 ids_back=back.ids, scores_back=back.scores, len_back=len(holder.memory.local),
+                 len_before=len(mem.local), same_hot=same_ids)
+        holder.memory.local.close()
         mem.local.close()
         dist.barrier()  # every collective done on both ranks before gloo is torn down
     finally:
@@ -70,3 +89,13 @@ def test_two_rank_search_equals_unsharded(tmp_path):
     top = np.argsort(-(q @ x.T), axis=1)[:, :K]
     np.testing.assert_array_equal(ref.ids, top)
     single.close()
+    # the checkpoint round trip gave each rank its own shard back: same sizes, same answers
+    for r in (r0, r1):
+        assert int(r["len_back"]) == int(r["len_before"]) > 0 and bool(r["same_hot"])
+    np.testing.assert_array_equal(r0["ids_back"], r0["ids"])
+    np.testing.assert_allclose(r0["scores_back"], r0["scores"], rtol=1e-6)
+    # a 2-shard checkpoint does not load into a 1-process run
+    holder = SimpleNamespace(memory=TieredMemory(MemoryConfig(**CFG)))
+    with pytest.raises(ValueError, match="world size 1"):
+        MemoryCheckpoint().on_load_checkpoint(None, holder, torch.load(tmp_path / "mem.ckpt", weights_only=True))
+    holder.memory.close()

@@ -30,6 +30,22 @@ def shard_of(ids: np.ndarray, world_size: int) -> np.ndarray:
     return (stable_hash(ids) % np.uint64(world_size)).astype(np.int64)
 
 
+def allgather_bytes(blob: np.ndarray, group=None) -> list[np.ndarray]:
+    """Every rank's (n,) uint8 buffer, in rank order (lengths may differ). A collective; CPU tensors,
+    so under NCCL it needs the mixed 'cpu:gloo,cuda:nccl' process group that ClosedFormDDPStrategy
+    sets up."""
+    world = dist.get_world_size(group)
+    blob = np.ascontiguousarray(blob, np.uint8)
+    sizes = [torch.empty(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(blob)], dtype=torch.int64), group=group)
+    width = max(int(s) for s in sizes)
+    padded = np.zeros(width, np.uint8)
+    padded[: len(blob)] = blob
+    out = [torch.empty(width, dtype=torch.uint8) for _ in range(world)]
+    dist.all_gather(out, torch.from_numpy(padded), group=group)
+    return [o.numpy()[: int(n)].copy() for o, n in zip(out, sizes, strict=True)]
+
+
 class ShardedMemory:
     def __init__(self, local: TieredMemory, group=None):
         self.local = local

@@ -71,16 +71,28 @@ class ProcrustesBridgeModule(BridgeModuleBase):
 
 
 class ClosedFormDDPStrategy(DDPStrategy):
-    """Lightning DDP for modules with no trainable parameters (ProcrustesBridgeModule).
+    """Lightning DDP for luma-pl modules, closed-form (ProcrustesBridgeModule) or learned.
 
     torch's DistributedDataParallel refuses a module without gradients, and there are none to
     synchronise: the bridge does its own all-reduce. This sets up the process group, samplers and
-    collectives exactly as DDP does and only skips the wrapper for such a module.
+    collectives exactly as DDP does and only skips the wrapper for such a module (a learned bridge
+    is wrapped as usual). On CUDA the process group is 'cpu:gloo,cuda:nccl' unless
+    ``process_group_backend`` says otherwise: luma-pl's own collectives move CPU tensors.
     Usage: ``Trainer(strategy=ClosedFormDDPStrategy(start_method="spawn"), devices=2)``, or by its
     registered name in a config: ``trainer.strategy: ddp_closed_form``.
     """
 
     strategy_name = "ddp_closed_form"
+
+    def _get_process_group_backend(self) -> str:
+        # The memory, admission, replay and evaluation collectives exchange CPU tensors (ids, counts,
+        # packed shards); NCCL only moves CUDA tensors. On GPUs one process group with a backend per
+        # device type carries both: CPU tensors over gloo, CUDA tensors (the bridge's) over NCCL.
+        if self._process_group_backend:
+            return self._process_group_backend
+        if self.root_device.type == "cuda":
+            return "cpu:gloo,cuda:nccl"
+        return super()._get_process_group_backend()
 
     def _setup_model(self, model):
         if any(p.requires_grad for p in model.parameters()):
