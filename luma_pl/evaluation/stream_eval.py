@@ -316,13 +316,13 @@ class StreamEvaluator(pl.LightningModule):
     def _search(self, q: np.ndarray, k: int) -> SearchResult:
         if self.prototypes is None:
             return self.memory.search(q, k, rescore=self.cfg.rescore, record_hits=True)
-        # prototypes mode: exact scores of the probed clusters' members. An item of an unprobed
-        # cluster is not bounded by anything the search saw, so the closing term is infinite and
-        # no answer is certified (Safe@k = 0, counted as such, not skipped).
+        # prototypes mode: exact scores of the probed clusters' members (ζ = 0). As with IVF's
+        # unprobed lists (DESIGN.md section 6), members of unprobed clusters are items the
+        # approximate search missed: outside the certificate, measured by the recall numbers.
         ids, scores = self.prototypes.search(q, k)
         valid = ids >= 0
         return SearchResult(ids, scores, np.where(valid, HOT, -1).astype(np.int8),
-                            np.zeros(ids.shape, np.float32), math.inf)
+                            np.zeros(ids.shape, np.float32), 0.0)
 
     def _close_window(self) -> None:
         sums = torch.from_numpy(self._sums.copy())
