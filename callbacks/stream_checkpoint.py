@@ -5,6 +5,8 @@ bridge (``ProcrustesBridgeModule``) never takes one, so its ``global_step`` stay
 counts replayed batches instead. Each checkpoint is written to a temporary file and renamed over
 ``last.ckpt`` (``os.replace`` is atomic on POSIX), so a kill -9 at any moment leaves either the
 previous or the new checkpoint, never a torn one. Resume with ``--ckpt_path <dirpath>/last.ckpt``.
+A kill during a write leaves its ``.last.ckpt.tmp<pid>``; at the start of the next fit rank 0
+removes those whose process is gone (``stale_removed`` counts them).
 """
 
 from __future__ import annotations
@@ -14,6 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 class StreamCheckpoint(pl.Callback):
@@ -33,11 +45,21 @@ class StreamCheckpoint(pl.Callback):
         self.keep = keep
         self.batches = 0  # batches replayed over the whole run (restored on resume)
         self._written: list[str] = []
+        self.stale_removed = 0
 
     def _dir(self, trainer: pl.Trainer) -> Path:
         if self.dirpath is not None:
             return Path(self.dirpath)
         return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        for tmp in self._dir(trainer).glob(".last.ckpt.tmp*"):
+            pid = tmp.name[len(".last.ckpt.tmp"):]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+                self.stale_removed += 1
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:

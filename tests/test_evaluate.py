@@ -88,6 +88,23 @@ def test_evaluate_prototypes_mode_answers_through_the_members(tmp_path):
     assert all(p["mean_zeta1"] == 0.0 for p in ev.series)
 
 
+def test_evaluate_repeated_keys_are_skipped_and_counted(tmp_path):
+    # the same 320 events twice (a replayed recording appended to itself): the second copies are
+    # skipped and counted, the run finishes, and the memory holds each event once
+    from evaluate import run_evaluation
+
+    rng = np.random.default_rng(0)
+    s = _unit(rng.standard_normal((320, 16)))
+    q, _ = np.linalg.qr(rng.standard_normal((24, 16)))
+    c = _unit(s @ q.T)
+    keys = [f"{i:06d}" for i in range(320)] * 2
+    write_blocks(tmp_path / "shards", keys=keys, ts=np.arange(640), block_events=64, events_per_shard=128,
+                 emb={"src": np.tile(s, (2, 1)), "dst": np.tile(c, (2, 1)), "query_src": np.tile(s, (2, 1))})
+    summary, cli = run_evaluation(_args(tmp_path / "shards", tmp_path / "run", ["--trainer.logger", "false"]))
+    assert summary["events"] == 640 and summary["duplicates_skipped"] == 320
+    assert len(cli.model.memory) == 320 and cli.model.memory.counters["inserted"] == 320
+
+
 def _run_cli(args: list[str], cwd: Path) -> dict:
     env = dict(os.environ, LUMA_NUM_THREADS="1", WANDB_MODE="offline", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *args], cwd=cwd, env=env,

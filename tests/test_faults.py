@@ -190,8 +190,20 @@ def test_kill9_during_checkpoint_write_keeps_previous_last_ckpt(tmp_path):
     assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
     last = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert int(last["step"]) == 1
-    # the torn tmp file is left behind (the next save from that pid overwrites it); it is never last.ckpt
-    assert all(p.name.startswith(".last.ckpt.tmp") for p in tmp_path.iterdir() if p.name != "last.ckpt")
+    # the torn tmp file is left behind by the dead process; it is never last.ckpt
+    stale = [p for p in tmp_path.iterdir() if p.name != "last.ckpt"]
+    assert len(stale) == 1 and stale[0].name.startswith(".last.ckpt.tmp")
+    # the next fit's rank 0 removes it (its process is gone); a live writer's tmp file is kept
+    from types import SimpleNamespace
+
+    from callbacks.stream_checkpoint import StreamCheckpoint
+
+    live = tmp_path / f".last.ckpt.tmp{os.getppid()}"
+    live.write_bytes(b"in progress")
+    cb = StreamCheckpoint(dirpath=str(tmp_path))
+    cb.on_fit_start(SimpleNamespace(is_global_zero=True), None)
+    assert cb.stale_removed == 1 and not stale[0].exists() and live.exists()
+    assert (tmp_path / "last.ckpt").exists()
 
 
 class _Evil:

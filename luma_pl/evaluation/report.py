@@ -44,6 +44,7 @@ def summarise(series: list[dict], k: int) -> dict:
             "ingest_per_s": float(np.median([p["ingest_per_s"] for p in series])),
             "hot_items": last["hot_items"], "warm_items": last["warm_items"], "evicted": last["evicted"],
             "dropped": last["dropped"], "hot_bytes": last["hot_bytes"], "warm_bytes": last["warm_bytes"],
+            "duplicates_skipped": int(sum(p.get("duplicates_skipped", 0) for p in series)),
             "wall_s": last["wall_s"]}
 
 

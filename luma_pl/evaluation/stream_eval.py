@@ -46,7 +46,7 @@ from luma_pl.telemetry.functional import EPSILON_SOURCES
 # window sums, all-reduced across ranks: one float64 vector in this order
 SUMS = ("queries", "hit", "recall", "mrr", "ndcg", "safe1", "safek", "crude1",
         "eps_q", "zeta1", "margin_top2", "ingested", "fresh_queries_hit", "fresh_queries", "old_queries_hit",
-        "old_queries")
+        "old_queries", "duplicates")
 
 
 @dataclasses.dataclass
@@ -189,6 +189,7 @@ class StreamEvaluator(pl.LightningModule):
             self.bridge.load_state_dict(state)
             self.bridge.set_reference()  # the stored vectors are compared against this bridge
         self._rng = np.random.default_rng(self.cfg.seed)
+        self._seen: set[int] = set()  # event ids ingested so far (replicated on every rank)
         self._pool_a: list[np.ndarray] = []  # earlier events' source queries (n, d_s) chunks
         self._pool_id: list[np.ndarray] = []
         self._reset_window()
@@ -213,7 +214,20 @@ class StreamEvaluator(pl.LightningModule):
         B = len(batch["key"])
         ids = event_ids(batch["key"])
         emb, has = batch.get("emb", {}), batch.get("has", {})
-        item_ok = has[cfg.item_space].numpy() if B else np.zeros(0, bool)
+        item_ok = has[cfg.item_space].numpy().copy() if B else np.zeros(0, bool)
+        # a key replayed twice (a stream that repeats an event, or two shards that overlap) is
+        # skipped and counted, not inserted twice. Every rank sees every batch, so the check is
+        # replicated (a set of the ids seen) and every rank's admission state stays identical.
+        if B:
+            _, first = np.unique(ids, return_index=True)
+            dup = np.ones(B, bool)
+            dup[first] = False
+            dup |= np.fromiter((i in self._seen for i in ids.tolist()), bool, B)
+            dup &= item_ok
+            item_ok &= ~dup
+            self._seen.update(ids[item_ok].tolist())
+            if rank == 0:  # replicated counts are counted once (the window sums are all-reduced)
+                self._sums[SUMS.index("duplicates")] += int(dup.sum())
 
         # 1. ingest (timed): every rank sees the same batch; each keeps the ids it owns
         t = time.perf_counter()
@@ -226,7 +240,8 @@ class StreamEvaluator(pl.LightningModule):
             else:
                 self.memory.insert(ids[item_ok], x)
         self._ingest_s += time.perf_counter() - t
-        self._sums[SUMS.index("ingested")] += int(item_ok.sum())
+        if rank == 0:
+            self._sums[SUMS.index("ingested")] += int(item_ok.sum())
 
         # 2. bridge: this rank's share of the anchor pairs; fit_step all-reduces the increments
         if cfg.fit_bridge:
@@ -348,6 +363,7 @@ class StreamEvaluator(pl.LightningModule):
                  "hot_items": stats["hot"], "warm_items": stats["warm"] + stats["buffer"], "evicted": stats["evicted"],
                  "hot_bytes": by_tier["hot"], "warm_bytes": by_tier["warm"],
                  "dropped": float(self.admission.prefilter.dropped) if self.admission is not None else 0.0,
+                 "duplicates_skipped": s["duplicates"],
                  "prototype_members": float(self.prototypes.held()) if self.prototypes is not None else 0.0,
                  "wall_s": time.perf_counter() - self._t0}
         self.series.append(point)
