@@ -2,7 +2,6 @@
 
 import os
 import socket
-
 from types import SimpleNamespace
 
 import numpy as np
