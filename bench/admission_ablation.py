@@ -19,11 +19,16 @@ When queries are asked (both reported):
 Evaluation searches do not record hits (they measure, they do not steer the policy).
 
 Rows: the four eviction policies, static and adaptive (u, B); each prefilter basis (with
-Space-Saving, static); prototypes mode; a tiered memory with no admission (its default LRU
-policy); and the baselines. Several seeds; mean +- std.
+Space-Saving, static); the 'label_count' victim ranking against the default 'quota'; prototypes
+mode; a tiered memory with no admission (its default LRU policy); and the baselines. Several seeds;
+mean +- std, and the paired difference from the 'random / static' row on the same seed.
 
-    python bench/admission_ablation.py            # full (a few minutes on one core)
-    python bench/admission_ablation.py --quick    # first 512 events, one seed (for tests)
+``--popularity zipf``: a skewed stream over the same corpus (``zipf_stream``): topics arrive and
+are asked with Zipf popularity, items repeat; there frequency-aware admission has something to find.
+
+    python bench/admission_ablation.py                               # full (a few minutes on one core)
+    python bench/admission_ablation.py --popularity zipf --seeds 8   # the skewed stream (~2 min)
+    python bench/admission_ablation.py --quick                       # first 512 events, one seed (for tests)
 """
 
 from __future__ import annotations
@@ -271,8 +276,19 @@ def aggregate(results: list[dict]) -> list[dict]:
             v = np.array([r[k] for r in rs], float)
             agg[k] = float(v.mean()) if k not in ("ingest_per_s",) else float(np.median(v))
             agg[k + "_std"] = float(v.std())
+        # paired with the reference row on the same seed (the same stream): the policy's effect
+        # without the seed-to-seed variance of the stream itself
+        for k in ("recall_interleaved", "recall_final"):
+            ref = {r["seed"]: r[k] for r in results if r["name"] == REFERENCE_ROW}
+            d = np.array([r[k] - ref[r["seed"]] for r in rs if r["seed"] in ref], float)
+            agg[f"delta_{k}"] = float(d.mean()) if len(d) else float("nan")
+            agg[f"delta_{k}_std"] = float(d.std()) if len(d) else float("nan")
+            agg[f"delta_{k}_n"] = len(d)
         out.append(agg)
     return out
+
+
+REFERENCE_ROW = "random / static"
 
 
 def markdown(agg: list[dict], meta: dict) -> str:
@@ -294,14 +310,21 @@ def markdown(agg: list[dict], meta: dict) -> str:
              "Ingest = median arrivals/s over seeds; index/state KiB = RAM of the index and of the admission state "
              "(prefilter window, centroids, counter) at the end; held = items retrievable at the end; evicted = admitted "
              "then removed (counted); dropped = never admitted (prefilter drops; rejected by reservoir/heap).", "",
-             "| group | row | R@10 interleaved | nDCG@10 interleaved | R@10 final | nDCG@10 final | ingest/s | "
-             "index KiB | state KiB | held | evicted | dropped |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"Δ = paired difference of Recall@10 from the '{REFERENCE_ROW}' row on the same seeds (mean ± std).", "",
+             "| group | row | R@10 interleaved | Δ interleaved | nDCG@10 interleaved | R@10 final | Δ final | "
+             "nDCG@10 final | ingest/s | index KiB | state KiB | held | evicted | dropped |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in agg:
         def pm(k, a=a):
             return f"{a[k]:.3f} ± {a[k + '_std']:.3f}" if a["seeds"] > 1 else f"{a[k]:.3f}"
-        lines.append(f"| {a['group']} | {a['name']} | {pm('recall_interleaved')} | {pm('ndcg_interleaved')} | "
-                     f"{pm('recall_final')} | {pm('ndcg_final')} | {a['ingest_per_s']:.0f} | {a['index_kib']:.0f} | "
+
+        def delta(k, a=a):
+            if not a[f"delta_{k}_n"]:
+                return "—"
+            return f"{a[f'delta_{k}']:+.3f} ± {a[f'delta_{k}_std']:.3f}" if a[f"delta_{k}_n"] > 1 else f"{a[f'delta_{k}']:+.3f}"
+        lines.append(f"| {a['group']} | {a['name']} | {pm('recall_interleaved')} | {delta('recall_interleaved')} | "
+                     f"{pm('ndcg_interleaved')} | {pm('recall_final')} | {delta('recall_final')} | {pm('ndcg_final')} | "
+                     f"{a['ingest_per_s']:.0f} | {a['index_kib']:.0f} | "
                      f"{a['state_kib']:.0f} | {a['held']:.0f} | {a['evicted']:.0f} | {a['dropped']:.0f} |")
     return "\n".join(lines) + "\n"
 

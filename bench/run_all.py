@@ -24,6 +24,7 @@ SUITE = [
     ("tiered memory at N=100k (issue 4)", ["bench/bench_memory.py", "--n", "100000", "--tmp", "/tmp"]),
     ("admission ingest (issue 5)", ["bench/bench_admission.py"]),
     ("admission ablation (issue 5)", ["bench/admission_ablation.py"]),
+    ("admission ablation, skewed stream (issue 5)", ["bench/admission_ablation.py", "--popularity", "zipf", "--seeds", "8"]),
     ("Safe@k overhead (issue 6)", ["bench/bench_safe_at_k.py"]),
     ("Safe@k on the demo stream (issue 6)", ["bench/safe_at_k_report.py"]),
 ]
