@@ -79,6 +79,7 @@ def run_raw(x: np.ndarray, batch: int, route: np.ndarray, train_size: int) -> fl
     hnsw.hnsw.efConstruction = cfg.ef_construction
     quant = faiss.IndexFlatIP(D)
     ivf = faiss.IndexIVFPQ(quant, D, cfg.nlist, cfg.pq_m, cfg.pq_nbits, faiss.METRIC_INNER_PRODUCT)
+    ivf.pq.cp.niter = cfg.pq_train_iterations  # the same training as the memory's
     buf: list[np.ndarray] = []
     buffered = 0
     t0 = time.perf_counter()

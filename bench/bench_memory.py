@@ -81,6 +81,7 @@ def train_raw_warm(cfg: MemoryConfig, train_x: np.ndarray):
     q = faiss.IndexFlatIP(cfg.dim)
     warm = faiss.IndexIVFPQ(q, cfg.dim, cfg.resolved_nlist(), cfg.pq_m, cfg.pq_nbits, faiss.METRIC_INNER_PRODUCT)
     warm.cp.seed = warm.pq.cp.seed = cfg.seed
+    warm.pq.cp.niter = cfg.pq_train_iterations  # the same training as the memory's
     warm.train(train_x)
     warm.nprobe = cfg.resolved_nprobe(warm.nlist)
     q.this.disown()

@@ -89,6 +89,7 @@ def test_warm_buffer_exact_then_trains_and_zeta_is_reconstruction_error():
     np.testing.assert_array_equal(i, i_ref)
     z = warm.train(np.arange(400), x)
     assert warm.trained and warm.ivf_count == 400 and warm.index.nprobe == 4
+    assert warm.index.pq.cp.niter == cfg.pq_train_iterations == 10  # not faiss's 25: training stalls ingest
     codes = warm.index.sa_encode(x)
     np.testing.assert_allclose(z, np.linalg.norm(x - warm.index.sa_decode(codes), axis=1), rtol=1e-5)
     # PQ scores are within zeta of the exact ones (|<q, x - x_hat>| <= ||q|| zeta)

@@ -191,6 +191,7 @@ class WarmTier:
                                  faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = self.cfg.seed
         index.pq.cp.seed = self.cfg.seed
+        index.pq.cp.niter = self.cfg.pq_train_iterations
         index.own_fields = True
         sample = vectors
         if len(vectors) > self.train_size:  # k-means on train_size points (seeded sample), as documented;
