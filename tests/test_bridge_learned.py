@@ -134,3 +134,88 @@ def test_state_dict_round_trip_and_errors():
         LearnedBridge(kind="conv")
     with pytest.raises(ValueError, match=r"expects \(N, 4\)"):
         model(torch.randn(2, 5))
+
+
+# ------------------------------------------------------------------ Safe@k for learned bridges
+def _trained(kind: str, activation: str = "relu", steps: int = 5, seed: int = 0, lr: float = 5e-2) -> LearnedBridge:
+    torch.manual_seed(seed)
+    b = LearnedBridge(kind=kind, d_s=8, d_c=12, hidden=16, activation=activation, lr=lr, refresh_every=5)
+    s, c = torch.randn(64, 8), torch.randn(64, 12)
+    b.mark_interval()  # the interval starts at the initial weights
+    for _ in range(steps):
+        b.fit_step(s, c)
+    return b
+
+
+@pytest.mark.parametrize("kind", ["linear", "orthogonal", "mlp"])
+def test_interval_epsilon_is_the_certified_change_since_the_last_mark(kind):
+    b = LearnedBridge(kind=kind, d_s=8, d_c=12, hidden=16, activation="relu")
+    assert math.isinf(b.epsilon()) and int(b.refreshes) == 0
+    before = {k: v.detach().clone() for k, v in b._weights().items()}
+    b.mark_interval()  # nothing moved yet
+    assert b.epsilon() == 0.0 and int(b.refreshes) == 1
+    b = _trained(kind)
+    after = {k: v.detach().clone() for k, v in b._weights().items()}
+    prev = {k: getattr(b, "prev_" + k.replace(".", "_")).clone() for k in after}
+    eps = b.mark_interval()
+    if kind == "mlp":
+        assert eps == pytest.approx(mlp_drift_bound(after, prev), rel=1e-12)
+    else:
+        assert eps == pytest.approx(torch.linalg.matrix_norm((after["weight"] - prev["weight"]).double(), 2).item(),
+                                    rel=1e-9)
+    assert eps > 0 and int(b.refreshes) == 2 and b.drift("interval").value == eps
+    assert before  # the snapshot of the first bridge was taken before it moved
+    gelu = _trained("mlp", activation="gelu")
+    assert math.isinf(gelu.mark_interval()) and gelu.drift("interval").certificate_applies is False
+
+
+def test_old_learned_checkpoint_without_interval_buffers_still_loads():
+    b = _trained("mlp")
+    state = {k: v for k, v in b.state_dict().items()
+             if not (k.startswith("prev_") or k in ("refreshes", "eps_interval"))}
+    fresh = LearnedBridge(kind="mlp", d_s=8, d_c=12, hidden=16, activation="relu")
+    fresh.load_state_dict(state)  # strict: the missing buffers are filled, not reported
+    assert int(fresh.refreshes) == 0 and math.isinf(fresh.epsilon())
+    assert fresh.mark_interval() == 0.0  # the new interval starts at the loaded weights
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_certified_learned_answers_never_flip_under_the_allowed_drift(kind):
+    """Brute force: exact items, the learned bridge's own ε, worst-case rank-1 weight changes of norm
+    ε (at 3ε the same adversary flips certified answers: it is not a toothless one). A certified
+    top-1 that changes is a violation; there must be none, and some answers must be certified."""
+    from luma_pl.telemetry import functional as TF
+    from luma_pl.telemetry.safe_at_k import bridge_queries, choose_epsilon, query_epsilon
+
+    b = _trained(kind, steps=1, lr=2e-3)
+    eps = b.mark_interval()
+    g = torch.Generator().manual_seed(1)
+    X = torch.nn.functional.normalize(torch.randn(200, 12, generator=g, dtype=torch.float64), dim=1)
+    a = torch.nn.functional.normalize(torch.randn(300, 8, generator=g), dim=1)
+    q, a_norm, u_norm = bridge_queries(b, a)
+    eps_q = query_epsilon(choose_epsilon(b, "interval"), a_norm, u_norm)
+    scores = q.double() @ X.T
+    top, order = scores.sort(dim=1, descending=True)
+    cert = TF.certify(top[:, :21], torch.zeros(300, 21, dtype=torch.float64), 0.0, eps_q, 10,
+                      vectors=X[order[:, :21]], vectors_exact=True)
+    certified = cert.safe_at_1
+    assert 0 < int(certified.sum()) < 300
+    flips = {}
+    for factor in (1.0, 3.0):
+        violations = 0
+        for trial in range(20):
+            pert = LearnedBridge(b.config)
+            pert.load_state_dict(b.state_dict())
+            with torch.no_grad():
+                # rank 1, norm factor * eps, pushing a runner-up j over the winner i; on the MLP it goes
+                # into the linear path (proj), where the certified bound is attained exactly
+                qi = int(trial % 300)
+                i, j = order[qi, 0], order[qi, 1 + trial % 5]
+                w = (X[j] - X[i]) / (X[j] - X[i]).norm()
+                delta = factor * eps * torch.outer(w, a[qi].double() / a[qi].double().norm())
+                (pert.net.proj.weight if kind == "mlp" else pert.net.weight).add_(delta.float())
+                assert pert._bound(pert._weights(), b._weights()) <= factor * eps * (1 + 1e-6)
+            new_top = (pert(a).double() @ X.T).argmax(dim=1)
+            violations += int((certified & (new_top != order[:, 0])).sum())
+        flips[factor] = violations
+    assert flips[1.0] == 0 and flips[3.0] > 0

@@ -180,3 +180,42 @@ def test_logger_writes_checked_values_to_offline_wandb_and_csv(tmp_path, monkeyp
     cb2.load_state_dict({})  # missing keys take defaults
     assert cb2.probes is None
     np.testing.assert_equal(cb2._seen_refreshes, 0)
+
+
+@pytest.mark.slow
+def test_logger_certifies_a_learned_bridge(tmp_path):
+    """A LearnedBridgeModule (linear) under the same logger: ε is the learned map's certified change
+    over the last refresh_every optimizer steps, the audit sees no violation, and the logged values
+    equal an independent recomputation."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader
+
+    from callbacks.safe_at_k_logger import SafeAtKLogger
+    from luma_pl.modules.learned_bridge_module import LearnedBridgeModule
+
+    batches = _batches(DT_EVENTS, 100)
+    module = LearnedBridgeModule(bridge={"kind": "linear", "d_s": 256, "d_c": 384, "refresh_every": 3},
+                                 optim={"lr": 1e-4})
+    cb = SafeAtKLogger(k=10, candidates=20, num_probes=100, recall_probes=50, table_rows=4,
+                       memory={"hot_max_items": 2000, "nlist": 4, "pq_m": 48, "pq_nbits": 4})  # exact: ζ = 0
+    trainer = Trainer(max_epochs=1, logger=[CSVLogger(str(tmp_path), name="csv")], callbacks=[cb],
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      num_sanity_val_steps=0, accelerator="cpu", devices=1, log_every_n_steps=1)
+
+    def loader(items):
+        return DataLoader(items, batch_size=None, shuffle=False, collate_fn=_identity)
+
+    trainer.fit(module, train_dataloaders=loader(batches), val_dataloaders=loader(batches[:3]))
+    bridge = module.bridge
+    assert int(bridge.refreshes) == DT_EVENTS // 100 // 3 and math.isfinite(bridge.epsilon()) and bridge.epsilon() > 0
+    audit = cb._audit
+    # answers are certified (exact items, a small ε) and none of them flipped at the next refresh
+    assert audit is not None and audit.refreshes >= 3 and audit.totals["certified"] > 0
+    assert audit.totals["violations"] == 0
+    expected, cert, _, choice = cb.compute(module)
+    assert choice.source == "interval" and choice.value == bridge.epsilon() and not choice.affine
+    got = cb.last_metrics
+    for key in ("safe_at_1", "safe_at_k", "epsilon", "zeta_max"):
+        assert got["val_safe/" + key] == pytest.approx(expected[key], rel=1e-9, abs=1e-12)
+    assert 0 <= expected["safe_at_k"] <= expected["safe_at_1"] <= 1 and expected["safe_at_1"] > 0

@@ -49,6 +49,9 @@ class LearnedBridgeConfig(StrictConfig):
     """Under DDP, use every rank's pairs as negatives (gathered with gradient)."""
     lr: float = 1e-3
     """Adam learning rate used by the standalone ``fit_step`` (LightningModules bring their own)."""
+    refresh_every: int = 50
+    """R: optimizer steps between two drift measurements (``mark_interval``). ε for Safe@k is the
+    certified bound on the map's change over the last interval, as for the Procrustes bridge."""
 
     def validate(self) -> None:
         n = "LearnedBridgeConfig"
@@ -61,6 +64,7 @@ class LearnedBridgeConfig(StrictConfig):
                 f"must be >= 1/init_temperature = {1.0 / self.init_temperature:.3g}")
         require(self.mse_weight >= 0, n, "mse_weight", self.mse_weight, "use >= 0")
         require(self.lr > 0, n, "lr", self.lr, "use a positive learning rate")
+        require(self.refresh_every >= 1, n, "refresh_every", self.refresh_every, "use R >= 1 optimizer steps (e.g. 50)")
 
 
 class ResidualMLP(nn.Module):
@@ -125,9 +129,14 @@ class LearnedBridge(nn.Module):
                 self.net = nn.utils.parametrizations.orthogonal(self.net)
         log_scale = torch.tensor(math.log(1.0 / cfg.init_temperature))
         self.log_scale = nn.Parameter(log_scale, requires_grad=cfg.learn_temperature)
-        for name, t in self._weights().items():  # reference snapshot, saved with the bridge
+        for name, t in self._weights().items():  # reference and interval snapshots, saved with the bridge
             self.register_buffer("ref_" + name.replace(".", "_"), t.detach().clone())
+            self.register_buffer("prev_" + name.replace(".", "_"), t.detach().clone())
         self.register_buffer("has_ref", torch.zeros((), dtype=torch.int64))
+        # Safe@k interface shared with StreamingProcrustes: refreshes counts drift measurements;
+        # eps_interval is the last one (inf until the first)
+        self.register_buffer("refreshes", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("eps_interval", torch.tensor(float("inf"), dtype=torch.float64))
         self._optimizer: torch.optim.Optimizer | None = None
 
     # --- map ------------------------------------------------------------------------------------
@@ -201,20 +210,72 @@ class LearnedBridge(nn.Module):
             getattr(self, "ref_" + name.replace(".", "_")).copy_(t)
         self.has_ref.fill_(1)
 
+    def _bound(self, cur: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> float | None:
+        """Certified bound on sup_{||a|| <= 1} ||f_cur(a) - f_other(a)||; None when none exists."""
+        if self.config.kind != "mlp":
+            return _spec(cur["weight"] - other["weight"])
+        if self.config.activation not in _CERTIFIED_ACTS:
+            return None
+        return mlp_drift_bound(cur, other)
+
+    def _snapshot(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, prefix + k.replace(".", "_")) for k in self._weights()}
+
     @torch.no_grad()
     def drift(self, against: str = "reference") -> DriftReport:
-        """Bound on ``sup_{||a|| <= 1} ||f_t(a) - f_ref(a)||``; inf before ``set_reference``."""
-        if against != "reference":
-            raise ValueError(f"against={against!r}: learned bridges compare with their reference snapshot only")
-        cur = self._weights()
-        ref = {k: getattr(self, "ref_" + k.replace(".", "_")) for k in cur}
-        if self.config.kind != "mlp":
-            value = _spec(cur["weight"] - ref["weight"]) if bool(self.has_ref) else float("inf")
-            return DriftReport(value, against, "spectral_norm", certificate_applies=True)
-        if self.config.activation not in _CERTIFIED_ACTS:
+        """Bound on ``sup_{||a|| <= 1} ||f_t(a) - f_ref(a)||`` (``against='reference'``, inf before
+        ``set_reference``) or the last interval's (``'interval'``, inf before ``mark_interval``)."""
+        if against not in ("reference", "interval"):
+            raise ValueError(f"against={against!r}: use 'reference' or 'interval'")
+        method = "spectral_norm" if self.config.kind != "mlp" else "lipschitz_bound"
+        if self.config.kind == "mlp" and self.config.activation not in _CERTIFIED_ACTS:
             return DriftReport(None, against, "none", certificate_applies=False)
-        value = mlp_drift_bound(cur, ref) if bool(self.has_ref) else float("inf")
-        return DriftReport(value, against, "lipschitz_bound", certificate_applies=True)
+        if against == "interval":
+            return DriftReport(float(self.eps_interval), against, method, certificate_applies=True)
+        value = self._bound(self._weights(), self._snapshot("ref_")) if bool(self.has_ref) else float("inf")
+        return DriftReport(value, against, method, certificate_applies=True)
+
+    @torch.no_grad()
+    def mark_interval(self) -> float:
+        """End a drift interval: ε = bound on the change since the last mark (since construction or
+        the loaded state for the first), then start the next. Returns ε (inf without a certificate)."""
+        cur = self._weights()
+        bound = self._bound(cur, self._snapshot("prev_"))
+        self.eps_interval.fill_(float("inf") if bound is None else bound)
+        for name, t in cur.items():
+            getattr(self, "prev_" + name.replace(".", "_")).copy_(t)
+        self.refreshes += 1
+        return float(self.eps_interval)
+
+    # --- the Safe@k interface (luma_pl.telemetry.safe_at_k) -------------------------------------
+    def epsilon(self) -> float:
+        """Drift over the last interval (inf before the first, or when no certificate applies)."""
+        return float(self.eps_interval)
+
+    def drift_from_reference(self) -> float:
+        rep = self.drift("reference")
+        return float("inf") if rep.value is None else float(rep.value)
+
+    @property
+    def affine(self) -> bool:
+        """The MLP has biases: its drift bound is D = ε max(||a||, 1), not ε ||a||."""
+        return self.config.kind == "mlp"
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # checkpoints written before the interval drift existed lack its buffers: start a fresh
+        # interval from the loaded weights (no refresh yet, ε unknown). Where the loaded weight is not
+        # stored as such (the orthogonal parametrisation), prev stays the constructed one: the first
+        # interval's ε is then larger than the true change, never smaller.
+        if any(k.startswith(prefix) for k in state_dict) and prefix + "refreshes" not in state_dict:
+            state_dict[prefix + "refreshes"] = torch.zeros((), dtype=torch.int64)
+            state_dict[prefix + "eps_interval"] = torch.tensor(float("inf"), dtype=torch.float64)
+            for name in self._weights():
+                src = state_dict.get(prefix + "net." + name)
+                prev = getattr(self, "prev_" + name.replace(".", "_"))
+                state_dict[prefix + "prev_" + name.replace(".", "_")] = (src if src is not None else prev).clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def get_extra_state(self) -> dict:
         return {"config": self.config.to_dict()}

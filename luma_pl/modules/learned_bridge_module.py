@@ -64,6 +64,16 @@ class LearnedBridgeModule(BridgeModuleBase):
         self.log("train/logit_scale", parts["logit_scale"], on_step=True, on_epoch=False)
         return loss
 
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # ε for Safe@k: the bridge's certified change over the last R optimizer steps (identical on
+        # every rank: DDP keeps the weights in step)
+        step = int(self.trainer.global_step) if self._trainer is not None else 0
+        if step and step % self.bridge.config.refresh_every == 0 and step != getattr(self, "_marked_at", -1):
+            self._marked_at = step
+            eps = self.bridge.mark_interval()
+            if math.isfinite(eps):
+                self.log("train/epsilon_interval", eps, on_step=True, on_epoch=False)
+
     def on_train_epoch_end(self) -> None:
         rep = self.bridge.drift()
         if rep.value is not None and math.isfinite(rep.value):

@@ -39,7 +39,7 @@ def choose_epsilon(bridge, source: str = "interval", value: float | None = None)
     """
     if source not in F.EPSILON_SOURCES:
         raise ValueError(f"source={source!r}: use one of {F.EPSILON_SOURCES}")
-    affine = bool(getattr(getattr(bridge, "config", None), "center", False))
+    affine = _affine(bridge)
     if source == "frozen":
         return EpsilonChoice(0.0, source, affine)
     if source == "given":
@@ -52,17 +52,27 @@ def choose_epsilon(bridge, source: str = "interval", value: float | None = None)
     return EpsilonChoice(float(v), source, affine)
 
 
+def _affine(bridge) -> bool:
+    """The bridge's drift bound has an offset part (D = ε max(||a||, 1)): a centred Procrustes map or
+    a learned MLP (``bridge.affine``)."""
+    if bridge is not None and hasattr(bridge, "affine"):
+        return bool(bridge.affine)
+    return bool(getattr(getattr(bridge, "config", None), "center", False))
+
+
 @torch.no_grad()
 def bridge_queries(bridge, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Unit bridged queries q (Q, d_c) float32, ``||a||`` (Q,) and ``||A a + b||`` (Q,) float64.
-
-    Needs a bridge exposing its applied map ``A`` (d_c, d_s) and ``b`` (``StreamingProcrustes``);
-    q is computed exactly as ``bridge.forward`` does.
-    """
+    """Unit bridged queries q (Q, d_c) float32, ``||a||`` (Q,) and ``||f(a)||`` (Q,) float64, where
+    f is the un-normalised map: ``A a + b`` for ``StreamingProcrustes``, ``bridge.raw(a)`` for a
+    ``LearnedBridge``. q is computed exactly as ``bridge.forward`` does."""
     a64 = torch.as_tensor(a).to(F.DTYPE)
-    u = a64 @ bridge.A.to(F.DTYPE).T
-    if getattr(bridge.config, "center", False):
-        u = u + bridge.b.to(F.DTYPE)
+    if hasattr(bridge, "raw"):
+        param = next(bridge.parameters())
+        u = bridge.raw(torch.as_tensor(a, dtype=param.dtype).to(param.device)).to(F.DTYPE).cpu()
+    else:
+        u = a64 @ bridge.A.to(F.DTYPE).T
+        if getattr(bridge.config, "center", False):
+            u = u + bridge.b.to(F.DTYPE)
     q = bridge(torch.as_tensor(a, dtype=torch.float32))
     return q, a64.norm(dim=1), u.norm(dim=1)
 
