@@ -23,6 +23,8 @@ SUITE = [
     ("bridge quality on the demo corpus (issue 3)", ["bench/bridge_quality.py"]),
     ("tiered memory at N=100k (issue 4)", ["bench/bench_memory.py", "--n", "100000", "--tmp", "/tmp"]),
     ("admission ingest (issue 5)", ["bench/bench_admission.py"]),
+    ("admission ingest, full hot tier (issue 5)", ["bench/bench_admission.py", "--n", "20000", "--repeats", "1",
+                                                   "--hot-frac", "0.1"]),
     ("admission ablation (issue 5)", ["bench/admission_ablation.py"]),
     ("admission ablation, skewed stream (issue 5)", ["bench/admission_ablation.py", "--popularity", "zipf", "--seeds", "8"]),
     ("Safe@k overhead (issue 6)", ["bench/bench_safe_at_k.py"]),
