@@ -55,3 +55,11 @@ def test_ingest_bench_small(tmp_path):
     res = _load("bench_admission").main(["--n", "600", "--repeats", "1", "--out", str(tmp_path)])
     assert res["pipeline_vec_per_s"] > 0 and res["raw_faiss_vec_per_s"] > 0
     assert res["hot"] + res["warm"] + res["dropped"] == 600
+
+
+def test_ingest_bench_steady_state_small(tmp_path):
+    # a full hot tier: arrivals push older items to warm; every row is still hot, warm or dropped
+    res = _load("bench_admission").main(["--n", "600", "--repeats", "1", "--hot-frac", "0.1", "--out", str(tmp_path)])
+    assert res["hot"] == 60 and res["demotions"] > 0
+    assert res["hot"] + res["warm"] + res["dropped"] == 600
+    assert (tmp_path / "admission_bench_hot0.1.md").exists()
