@@ -76,6 +76,14 @@ class MemoryConfig(StrictConfig):
     """Training waits for this many points per centroid (IVF and PQ); faiss warns below 39."""
     retrain_drift_factor: float = 1.5
     """Retrain the warm tier when mean zeta over the recent window exceeds this factor x training mean."""
+    retrain_in_background: bool = False
+    """Retrain the warm IVFPQ in a spawned worker process while ingest goes on (the old codebook
+    keeps encoding meanwhile); the new index is installed ``retrain_lag_inserts`` inserts later,
+    waiting for the worker if needed. Deterministic and resumable (see ``luma_pl.memory.retrain``).
+    False: retrain in line (a stall of seconds per retraining at d=512). The first training, when
+    the exact buffer fills, is always in line."""
+    retrain_lag_inserts: int = 32
+    """Inserts between starting a background retraining and installing its index."""
     zeta_window: int = 4096
     """Number of most recent warm encodings whose mean zeta is compared against training time."""
     oversample: int = 0
@@ -137,6 +145,8 @@ class MemoryConfig(StrictConfig):
         require(self.retrain_drift_factor > 1.0, o, "retrain_drift_factor", self.retrain_drift_factor,
                 "use a factor > 1, e.g. 1.5")
         require(self.zeta_window >= 1, o, "zeta_window", self.zeta_window, "use >= 1")
+        require(self.retrain_lag_inserts >= 0, o, "retrain_lag_inserts", self.retrain_lag_inserts,
+                "use >= 0 inserts (0 installs at the next insert)")
         require(self.oversample >= 0, o, "oversample", self.oversample,
                 "use 0 (scale with the warm size) or >= 1 (1 = rescore only the k PQ hits)")
         require(self.promote_min_hits >= 1, o, "promote_min_hits", self.promote_min_hits, "use >= 1")

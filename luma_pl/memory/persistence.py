@@ -19,7 +19,7 @@ import numpy as np
 
 from luma_pl.memory.config import MemoryConfig
 from luma_pl.memory.originals import OriginalsStore, _fsync_dir, write_json_atomic
-from luma_pl.memory.tiered import TieredMemory
+from luma_pl.memory.tiered import COUNTERS, TieredMemory
 
 FORMAT_VERSION = 1
 
@@ -40,11 +40,13 @@ def _arrays(memory: TieredMemory) -> dict[str, np.ndarray]:
         "hits": memory.hits[:n],
         "last_access": memory.last_access[:n],
         "zeta": memory.zeta[:n],
+        "retrain_keys": memory.retrain_keys,
     }
 
 
 _ARRAY_NAMES = ("hot_index", "hot_ids", "hot_live", "warm_index", "warm_buf_ids", "warm_buf_vecs", "warm_recent",
                 "ids", "locations", "hits", "last_access", "zeta")
+_OPTIONAL_ARRAYS = ("retrain_keys",)  # absent from snapshots written before background retraining
 
 
 def _scalars(memory: TieredMemory) -> dict:
@@ -56,6 +58,7 @@ def _scalars(memory: TieredMemory) -> dict:
         "hot_rebuilds": memory.hot.rebuilds,
         "warm_train_zeta_mean": memory.warm.train_zeta_mean,
         "warm_trainings": memory.warm.trainings,
+        "retrain_at": int(memory.retrain_at),
     }
 
 
@@ -76,12 +79,20 @@ def _restore(memory: TieredMemory, arrays: dict[str, np.ndarray], meta: dict) ->
         getattr(memory, name)[:n] = arrays[name]
     live = np.flatnonzero(arrays["locations"] < 4)
     memory.key_of = dict(zip(arrays["ids"][live].tolist(), live.tolist(), strict=True))
-    memory.counters = {k: int(v) for k, v in meta["counters"].items()}
+    memory.counters = {**COUNTERS, **{k: int(v) for k, v in meta["counters"].items()}}
     memory.hot.restore(arrays["hot_index"], arrays["hot_ids"], arrays["hot_live"], meta["hot_rebuilds"])
     memory.warm.restore(arrays["warm_index"], arrays["warm_buf_ids"], arrays["warm_buf_vecs"],
                         arrays["warm_recent"], meta["warm_train_zeta_mean"], meta["warm_trainings"])
     memory._zeta_max = None
     memory.audit()
+    # a background retraining that was running when the memory was saved starts again on the same
+    # sample and is installed at the same insert, so the loaded memory continues as the saved one would
+    keys = np.asarray(arrays.get("retrain_keys", np.empty(0, np.int64)), np.int64)
+    at = int(meta.get("retrain_at", -1))
+    if len(keys) and at >= 0:
+        if len(keys) > n or (len(keys) and (keys.min() < 0 or keys.max() >= n)):
+            raise ValueError(f"saved memory is inconsistent: retrain_keys point outside its {n} keys")
+        memory._start_retrain(keys, at)
 
 
 def save(memory: TieredMemory, path: str) -> None:
@@ -171,7 +182,8 @@ def load(path: str, directory: str | None = None) -> TieredMemory:
                          "restore an older snapshot or rebuild the memory") from err
     crcs = meta.get("crc32")
     expected = set(_ARRAY_NAMES)
-    if not isinstance(crcs, dict) or set(crcs) != expected or set(arrays) != expected:
+    optional = set(arrays) & set(_OPTIONAL_ARRAYS)
+    if not isinstance(crcs, dict) or set(crcs) != expected | optional or set(arrays) != expected | optional:
         have = sorted(arrays)
         raise ValueError(f"{where}: arrays.npz holds {have} and meta.json checksums "
                          f"{sorted(crcs) if isinstance(crcs, dict) else crcs!r}; both must be exactly "

@@ -23,6 +23,7 @@ import math
 import shutil
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -39,6 +40,7 @@ from luma_pl.memory.policy import (
     AdmissionPolicy,
     NewestFirstLRU,
 )
+from luma_pl.memory.retrain import BackgroundTrainer
 from luma_pl.memory.warm import WarmTier
 
 _NORM_TOL = 1e-3
@@ -64,6 +66,11 @@ class SearchResult:
     zeta_max: float
 
 
+COUNTERS = {"inserted": 0, "evictions": 0, "promotions": 0, "demotions": 0, "replaced": 0, "retrains": 0,
+            "tick": 0, "searches": 0, "auto_migrations": 0, "retrain_waits": 0, "retrain_wait_ms": 0}
+"""Every counter a memory keeps (a snapshot written before one existed loads it as 0)."""
+
+
 class TieredMemory:
     def __init__(self, config: MemoryConfig, directory: str | None = None,
                  policy: AdmissionPolicy | None = None):
@@ -85,9 +92,12 @@ class TieredMemory:
         self.last_access = np.zeros(cap, dtype=np.int64)  # (keys,) tick of insert or last hit
         self.zeta = np.zeros(cap, dtype=np.float32)  # (keys,) PQ error; 0 while exact
         self.key_of: dict[int, int] = {}  # external id -> current key
-        self.counters = {"inserted": 0, "evictions": 0, "promotions": 0, "demotions": 0,
-                         "replaced": 0, "retrains": 0, "tick": 0, "searches": 0, "auto_migrations": 0}
+        self.counters = dict(COUNTERS)
         self._zeta_max: float | None = 0.0
+        # a background retraining in flight: the sample's keys and the tick at which it is installed
+        self._trainer: BackgroundTrainer | None = None
+        self.retrain_keys = np.empty(0, np.int64)
+        self.retrain_at = -1
 
     # ------------------------------------------------------------------ validation helpers
     @property
@@ -272,8 +282,14 @@ class TieredMemory:
         if self.warm.ready_to_train():
             keys = self.warm.buf_ids.copy()
             self._set_warm_zeta(keys, self.warm.train(keys, self.warm.buf_vecs))
+        elif self.retrain_at >= 0:
+            if self.counters["tick"] >= self.retrain_at:
+                self._install_retrained()
         elif self.warm.needs_retrain():
-            self.retrain()
+            if self.cfg.retrain_in_background:
+                self._start_retrain()
+            else:
+                self.retrain()
         excess = len(self.warm) - self.cfg.warm_max_items
         if excess > 0:
             self._evict_keys(self.policy.warm_victims(self, excess))
@@ -300,6 +316,40 @@ class TieredMemory:
         if len(keys) < self.warm.train_size:
             return
         self._set_warm_zeta(keys, self.warm.train(keys, self.originals.get(keys)))
+        self.counters["retrains"] += 1
+
+    def _warm_keys(self) -> np.ndarray:
+        return np.concatenate([self.keys_in(WARM), self.keys_in(BUFFER)])
+
+    def _start_retrain(self, keys: np.ndarray | None = None, at: int | None = None) -> None:
+        """Train a new warm index on a seeded sample of the warm items' originals in the background
+        worker; it is installed at tick ``at`` (default: now + retrain_lag_inserts)."""
+        if keys is None:
+            warm = self._warm_keys()
+            if len(warm) < self.warm.train_size:
+                return
+            keys = warm[self.warm.train_sample(len(warm))]
+        if self._trainer is None:
+            from luma_pl.threads import default_num_threads
+
+            self._trainer = BackgroundTrainer(threads=default_num_threads())
+        c = self.cfg
+        self._trainer.submit(self.originals.get(keys), dim=c.dim, nlist=self.warm.nlist, pq_m=c.pq_m,
+                             pq_nbits=c.pq_nbits, niter=c.pq_train_iterations, seed=c.seed)
+        self.retrain_keys = np.asarray(keys, np.int64)
+        self.retrain_at = self.counters["tick"] + c.retrain_lag_inserts if at is None else int(at)
+
+    def _install_retrained(self) -> None:
+        """Install the background index (waiting for the worker if it is not done) and re-encode
+        every warm item with it."""
+        t = time.perf_counter()
+        if not self._trainer.done:
+            self.counters["retrain_waits"] += 1
+        index = self._trainer.result()
+        self.counters["retrain_wait_ms"] += int(1000 * (time.perf_counter() - t))
+        self.retrain_keys, self.retrain_at = np.empty(0, np.int64), -1
+        keys = self._warm_keys()
+        self._set_warm_zeta(keys, self.warm.train(keys, self.originals.get(keys), trained=index))
         self.counters["retrains"] += 1
 
     # ------------------------------------------------------------------ migration
@@ -470,6 +520,8 @@ class TieredMemory:
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
     def close(self) -> None:
+        if self._trainer is not None:
+            self._trainer.close()
         self.originals.close()
         if self._owns_dir:
             shutil.rmtree(self.directory, ignore_errors=True)

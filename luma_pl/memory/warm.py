@@ -40,6 +40,7 @@ import faiss
 import numpy as np
 
 from luma_pl.memory.config import MemoryConfig
+from luma_pl.memory.retrain import new_ivfpq
 
 
 class WarmTier:
@@ -179,28 +180,32 @@ class WarmTier:
     def ready_to_train(self) -> bool:
         return self.index is None and len(self.buf_ids) >= self.train_size
 
-    def train(self, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-        """(Re)train on these exact vectors (a seeded sample of ``train_size`` of them when there are
-        more) and encode all of them; return their zeta (n,).
+    def train_sample(self, n: int) -> np.ndarray:
+        """Sorted positions of the (seeded) training sample among n candidate rows: all of them when
+        n <= train_size, else train_size of them (k-means on train_size points, as documented; a bulk
+        insert of 900k would otherwise train on faiss' cap of 256 points per centroid)."""
+        if n <= self.train_size:
+            return np.arange(n)
+        return np.sort(np.random.default_rng(self.cfg.seed).choice(n, self.train_size, replace=False))
+
+    def new_index(self) -> faiss.IndexIVFPQ:
+        c = self.cfg
+        return new_ivfpq(self.dim, self.nlist, c.pq_m, c.pq_nbits, c.pq_train_iterations, c.seed)
+
+    def train(self, ids: np.ndarray, vectors: np.ndarray, trained: faiss.IndexIVFPQ | None = None) -> np.ndarray:
+        """(Re)train on these exact vectors (the seeded ``train_sample`` of them) and encode all of
+        them; return their zeta (n,). ``trained``: an index already trained elsewhere (a background
+        retraining) to install instead.
 
         Callers pass every warm item (the buffer, or for a retrain all warm originals); the tier is
         emptied first so each id ends up in the IVF exactly once.
         """
-        quantizer = faiss.IndexFlatIP(self.dim)
-        index = faiss.IndexIVFPQ(quantizer, self.dim, self.nlist, self.cfg.pq_m, self.cfg.pq_nbits,
-                                 faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = self.cfg.seed
-        index.pq.cp.seed = self.cfg.seed
-        index.pq.cp.niter = self.cfg.pq_train_iterations
-        index.own_fields = True
-        sample = vectors
-        if len(vectors) > self.train_size:  # k-means on train_size points (seeded sample), as documented;
-            # a bulk insert of 900k would otherwise train on faiss' cap of 256 points per centroid
-            pick = np.sort(np.random.default_rng(self.cfg.seed).choice(len(vectors), self.train_size, replace=False))
-            sample = vectors[pick]
-        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        if trained is None:
+            index = self.new_index()
+            index.train(np.ascontiguousarray(vectors[self.train_sample(len(vectors))], dtype=np.float32))
+        else:
+            index = trained
         index.nprobe = self.cfg.resolved_nprobe(self.nlist)
-        quantizer.this.disown()  # owned by the IVF index now
         self.index = index
         self.ivf_count = 0
         self._list_cap = np.zeros(self.nlist, dtype=np.int64)
