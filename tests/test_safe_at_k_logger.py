@@ -195,8 +195,9 @@ def test_logger_certifies_a_learned_bridge(tmp_path):
     from luma_pl.modules.learned_bridge_module import LearnedBridgeModule
 
     batches = _batches(DT_EVENTS, 100)
+    torch.manual_seed(0)  # the bridge's initial weights; a small learning rate keeps ε ~1.5e-3 (certifiable)
     module = LearnedBridgeModule(bridge={"kind": "linear", "d_s": 256, "d_c": 384, "refresh_every": 3},
-                                 optim={"lr": 1e-4})
+                                 optim={"lr": 1e-5})
     cb = SafeAtKLogger(k=10, candidates=20, num_probes=100, recall_probes=50, table_rows=4,
                        memory={"hot_max_items": 2000, "nlist": 4, "pq_m": 48, "pq_nbits": 4})  # exact: ζ = 0
     trainer = Trainer(max_epochs=1, logger=[CSVLogger(str(tmp_path), name="csv")], callbacks=[cb],
@@ -211,11 +212,11 @@ def test_logger_certifies_a_learned_bridge(tmp_path):
     assert int(bridge.refreshes) == DT_EVENTS // 100 // 3 and math.isfinite(bridge.epsilon()) and bridge.epsilon() > 0
     audit = cb._audit
     # answers are certified (exact items, a small ε) and none of them flipped at the next refresh
-    assert audit is not None and audit.refreshes >= 3 and audit.totals["certified"] > 0
+    assert audit is not None and audit.refreshes >= 3 and audit.totals["certified"] > 100
     assert audit.totals["violations"] == 0
     expected, cert, _, choice = cb.compute(module)
     assert choice.source == "interval" and choice.value == bridge.epsilon() and not choice.affine
     got = cb.last_metrics
     for key in ("safe_at_1", "safe_at_k", "epsilon", "zeta_max"):
         assert got["val_safe/" + key] == pytest.approx(expected[key], rel=1e-9, abs=1e-12)
-    assert 0 <= expected["safe_at_k"] <= expected["safe_at_1"] <= 1 and expected["safe_at_1"] > 0
+    assert 0 <= expected["safe_at_k"] <= expected["safe_at_1"] <= 1 and expected["safe_at_1"] > 0.5
