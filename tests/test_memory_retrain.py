@@ -106,3 +106,26 @@ def test_inline_retrain_is_the_default_and_lag_is_validated():
 
     with pytest.raises(ConfigError, match="retrain_lag_inserts"):
         MemoryConfig(dim=8, pq_m=4, retrain_lag_inserts=-1).validate()
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_can_retrain_in_the_background(tmp_path):
+    # multiprocessing's spawn would re-run such a script in the child; the trainer starts
+    # `python -m luma_pl.memory.retrain` instead
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_memory_retrain import cfg, drifting, stream\n"
+        "from luma_pl.memory import TieredMemory\n"
+        "mem = TieredMemory(cfg())\n"
+        "stream(mem, drifting())\n"
+        "print('retrains', mem.counters['retrains'])\n"
+        "mem.close()\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("retrains") == 1 and int(run.stdout.split()[-1]) >= 1
