@@ -129,3 +129,34 @@ def test_a_script_without_a_main_guard_can_retrain_in_the_background(tmp_path):
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("retrains") == 1 and int(run.stdout.split()[-1]) >= 1
+
+
+@pytest.mark.slow
+def test_an_exit_with_a_job_in_flight_leaves_no_child_and_no_files(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "exits_early.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_memory_retrain import cfg, drifting, stream\n"
+        "from luma_pl.memory import TieredMemory\n"
+        "mem = TieredMemory(cfg(retrain_lag_inserts=10000))\n"
+        "stream(mem, drifting())\n"
+        "print(mem._trainer._proc.pid)\n")  # no close(): the interpreter exits with the job running
+    jobs = tmp_path / "tmp"
+    jobs.mkdir()
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, TMPDIR=str(jobs)))
+    assert run.returncode == 0, run.stderr[-2000:]
+    pid = int(run.stdout.split()[-1])
+    assert not [p for p in jobs.iterdir() if p.name.startswith("luma_retrain_")]
+    try:
+        os.kill(pid, 0)
+        alive = Path(f"/proc/{pid}/status").read_text().find("State:\tZ") < 0  # a zombie is gone
+    except ProcessLookupError:
+        alive = False
+    assert not alive

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import weakref
 
 import faiss
 import numpy as np
@@ -47,8 +48,26 @@ class BackgroundTrainer:
 
     def __init__(self, threads: int = 1):
         self.threads = int(threads)
-        self._proc: subprocess.Popen | None = None
-        self._dir: str | None = None
+        self._job: dict = {"proc": None, "dir": None}
+        # a memory dropped without close(), or an interpreter exit, must not leave a child running
+        # or its job folder behind
+        self._finalizer = weakref.finalize(self, _reap, self._job)
+
+    @property
+    def _proc(self) -> subprocess.Popen | None:
+        return self._job["proc"]
+
+    @_proc.setter
+    def _proc(self, value) -> None:
+        self._job["proc"] = value
+
+    @property
+    def _dir(self) -> str | None:
+        return self._job["dir"]
+
+    @_dir.setter
+    def _dir(self, value) -> None:
+        self._job["dir"] = value
 
     @property
     def pending(self) -> bool:
@@ -92,16 +111,20 @@ class BackgroundTrainer:
 
     def cancel(self) -> None:
         """Stop a running job (its result is discarded)."""
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        _reap(self._job)
 
     def close(self) -> None:
         self.cancel()
+
+
+def _reap(job: dict) -> None:
+    proc, folder = job["proc"], job["dir"]
+    job["proc"] = job["dir"] = None
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _main(folder: str) -> None:
