@@ -434,3 +434,28 @@ def test_invalid_configs_name_the_field():
         AdmissionConfig.from_dict({"mode": "items", "nope": 1})
     cfg = AdmissionConfig.from_dict({"counter": {"policy": "min"}, "prefilter": {"basis": "random"}})
     assert cfg.counter.policy == "min" and cfg.prefilter.basis == "random"
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_quota_victims_fast_path_equals_the_full_sort(warm):
+    # random tiers (labels, counts, recency with ties, hits): the first n victims chosen without a
+    # full sort are exactly the first n of the full quota order
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(7)
+    for trial in range(30):
+        n_keys, m = int(rng.integers(50, 3000)), int(rng.integers(2, 40))
+        counter = HeavyHitterCounter(CounterConfig(policy="space_saving", capacity=int(rng.integers(1, m + 1))))
+        counter.update(rng.integers(0, m, 500))
+        pol = HeavyHitterPolicy(counter)
+        pol._grow(n_keys)
+        pol.label_of_key[:n_keys] = rng.integers(-1, m, n_keys)
+        mem = SimpleNamespace(last_access=rng.integers(0, n_keys // 3 + 1, n_keys), hits=rng.integers(0, 3, n_keys))
+        keys = rng.permutation(n_keys)[: int(rng.integers(10, n_keys))]
+        budget = int(rng.integers(1, 2 * len(keys)))
+        excess = pol._quota_excess(mem, keys, budget)
+        la = mem.last_access[keys]
+        full = keys[np.lexsort((keys, la, mem.hits[keys], -excess)) if warm else np.lexsort((keys, la, -excess))]
+        for n in (1, 3, len(keys) // 10 + 1, len(keys) // 5):
+            got = pol._quota_victims(mem, keys, budget, n, warm)
+            np.testing.assert_array_equal(got, full[:n], err_msg=f"trial {trial} n {n}")

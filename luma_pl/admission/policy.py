@@ -68,43 +68,79 @@ class HeavyHitterPolicy:
         return known & (heavy[pos] if len(ids) else known)
 
     def _label_rank(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(tracked (n,) bool, count (n,) int64) of each key's label, by dense table lookups (cluster
+        labels are small ints; a per-key dict lookup cost ~0.5 s per million keys)."""
         labels = self.label_of_key[keys] if len(self.label_of_key) else np.full(len(keys), -1)
-        return self.counter.tracked(labels), self.counter.count_of(labels)
+        labs, cnt, _ = self.counter.summary()
+        size = 2 + max(int(labels.max()) if len(labels) else 0, int(labs.max()) if len(labs) else 0)
+        count = np.zeros(size, np.int64)
+        count[labs + 1] = cnt  # slot 0 is label -1 (no label)
+        tracked = np.zeros(size, bool)
+        tracked[labs + 1] = True
+        return tracked[labels + 1], count[labels + 1]
 
-    def _quota_excess(self, memory, keys: np.ndarray, budget: int) -> np.ndarray:
-        """(n,) how far each key lies beyond its label's share of ``budget`` (see the module doc)."""
+    def _quota(self, keys: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(slot (n,) per key, held (slots,), quota (slots,)): slot = label + 1; a tracked label's
+        quota is its count's share of ``budget`` among the labels held here, an untracked one's 0."""
         tracked, count = self._label_rank(keys)
-        labels = self.label_of_key[keys]
-        _, inv = np.unique(labels, return_inverse=True)  # (n,) label slot of each key
-        per_label = np.zeros(int(inv.max()) + 1 if len(inv) else 0)
-        np.maximum.at(per_label, inv, np.where(tracked, count, 0).astype(np.float64))
-        quota = budget * per_label / max(per_label.sum(), 1.0)
-        # j = rank of the key within its label, most recently accessed first (ties: newest key)
-        order = np.lexsort((-keys, -memory.last_access[keys], inv))
-        starts = np.flatnonzero(np.r_[True, np.diff(inv[order]) != 0])
+        slot = self.label_of_key[keys] + 1
+        held = np.bincount(slot)
+        weight = np.zeros(len(held))
+        weight[slot] = np.where(tracked, count, 0)
+        return slot, held, budget * weight / max(weight.sum(), 1.0)
+
+    @staticmethod
+    def _ranks_within(slot: np.ndarray, keys: np.ndarray, last_access: np.ndarray) -> np.ndarray:
+        """(n,) j: 1 + how many keys of the same slot were accessed more recently (ties: newer key)."""
+        order = np.lexsort((-keys, -last_access, slot))
+        starts = np.flatnonzero(np.r_[True, np.diff(slot[order]) != 0])
         sizes = np.diff(np.r_[starts, len(keys)])
         j = np.empty(len(keys))
         j[order] = np.arange(len(keys)) - np.repeat(starts, sizes) + 1
-        return j - quota[inv]
+        return j
+
+    def _quota_excess(self, memory, keys: np.ndarray, budget: int) -> np.ndarray:
+        """(n,) how far each key lies beyond its label's share of ``budget`` (see the module doc)."""
+        slot, _, quota = self._quota(keys, budget)
+        return self._ranks_within(slot, keys, memory.last_access[keys]) - quota[slot]
+
+    def _quota_victims(self, memory, keys: np.ndarray, budget: int, n: int, warm: bool) -> np.ndarray:
+        """The n first keys in quota order, without sorting the whole tier: a label's excess values
+        are known from its size and quota alone (c - q, c - 1 - q, ...), which gives the n-th largest
+        excess τ; only the keys of labels that reach τ are ranked. Same result as the full sort."""
+        def rank(sub: np.ndarray, excess: np.ndarray) -> np.ndarray:
+            la = memory.last_access[sub]
+            order = (np.lexsort((sub, la, memory.hits[sub], -excess)) if warm else np.lexsort((sub, la, -excess)))
+            return sub[order[:n]]
+
+        if n >= len(keys) // 4:  # a large share: the full sort is as cheap
+            return rank(keys, self._quota_excess(memory, keys, budget))
+        slot, held, quota = self._quota(keys, budget)
+        live = np.flatnonzero(held)
+        top = np.minimum(held[live], n)  # each label's n largest excess values: held - q - (0..top-1)
+        values = np.repeat(held[live] - quota[live], top) - (np.arange(top.sum()) - np.repeat(np.cumsum(top) - top, top))
+        tau = np.partition(values, len(values) - n)[len(values) - n]  # the n-th largest excess
+        reach = np.zeros(len(held), bool)
+        reach[live[held[live] - quota[live] >= tau - 1e-9]] = True
+        sub = keys[reach[slot]]
+        excess = self._ranks_within(slot[reach[slot]], sub, memory.last_access[sub]) - quota[slot[reach[slot]]]
+        keep = excess >= tau - 1e-9
+        return rank(sub[keep], excess[keep])
 
     def hot_victims(self, memory, n: int) -> np.ndarray:
         keys = memory.keys_in(HOT)
         if self.victims == "quota":
-            excess = self._quota_excess(memory, keys, memory.cfg.hot_max_items)
-            order = np.lexsort((keys, memory.last_access[keys], -excess))
-        else:
-            tracked, count = self._label_rank(keys)
-            order = np.lexsort((keys, memory.last_access[keys], count, tracked))
+            return self._quota_victims(memory, keys, memory.cfg.hot_max_items, n, warm=False)
+        tracked, count = self._label_rank(keys)
+        order = np.lexsort((keys, memory.last_access[keys], count, tracked))
         return keys[order[:n]]
 
     def warm_victims(self, memory, n: int) -> np.ndarray:
         keys = np.concatenate([memory.keys_in(WARM), memory.keys_in(BUFFER)])
         if self.victims == "quota":
-            excess = self._quota_excess(memory, keys, memory.cfg.warm_max_items)
-            order = np.lexsort((keys, memory.last_access[keys], memory.hits[keys], -excess))
-        else:
-            tracked, count = self._label_rank(keys)
-            order = np.lexsort((keys, memory.last_access[keys], count, tracked, memory.hits[keys]))
+            return self._quota_victims(memory, keys, memory.cfg.warm_max_items, n, warm=True)
+        tracked, count = self._label_rank(keys)
+        order = np.lexsort((keys, memory.last_access[keys], count, tracked, memory.hits[keys]))
         return keys[order[:n]]
 
     # -- state ----------------------------------------------------------------------------------
