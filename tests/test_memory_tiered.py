@@ -344,3 +344,21 @@ def test_gpu_ivfpq_warm_tier_matches_cpu(rng, tmp_path):
     gpu.audit()
     cpu.close()
     gpu.close()
+
+
+def test_lru_warm_victims_without_a_full_sort_equal_the_full_sort():
+    from types import SimpleNamespace
+
+    from luma_pl.memory.policy import BUFFER, WARM, NewestFirstLRU
+
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        n_keys = int(rng.integers(20, 4000))
+        loc = rng.choice([WARM, BUFFER, 0], n_keys)
+        mem = SimpleNamespace(last_access=rng.integers(0, n_keys // 2 + 1, n_keys),
+                              hits=rng.integers(0, int(rng.integers(1, 4)), n_keys), locations=loc)
+        mem.keys_in = lambda code, loc=loc: np.flatnonzero(loc == code)
+        keys = np.concatenate([mem.keys_in(WARM), mem.keys_in(BUFFER)])
+        full = keys[np.lexsort((keys, mem.last_access[keys], mem.hits[keys]))]
+        for n in (1, 2, len(keys) // 7 + 1, len(keys) // 5, len(keys)):
+            np.testing.assert_array_equal(NewestFirstLRU().warm_victims(mem, n), full[:n], err_msg=f"{trial} {n}")
