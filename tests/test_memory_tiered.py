@@ -1,5 +1,7 @@
 """TieredMemory: admission, budgets, migration, rescoring, errors, persistence, checkpoint callback."""
 
+import dataclasses
+
 import faiss
 import numpy as np
 import pytest
@@ -362,3 +364,37 @@ def test_lru_warm_victims_without_a_full_sort_equal_the_full_sort():
         full = keys[np.lexsort((keys, mem.last_access[keys], mem.hits[keys]))]
         for n in (1, 2, len(keys) // 7 + 1, len(keys) // 5, len(keys)):
             np.testing.assert_array_equal(NewestFirstLRU().warm_victims(mem, n), full[:n], err_msg=f"{trial} {n}")
+
+
+def test_pq_floor_bounds_every_unreturned_item_and_tightens_the_closing_term(rng):
+    # every list probed (nprobe = nlist), so no warm item is "missed": every item the rescored search
+    # did not return has exact score <= max(last returned, pq_floor + zeta_max); the certificate
+    # built on that bound certifies at least what the 2 zeta_max rule did
+    import torch
+
+    from luma_pl.telemetry.safe_at_k import certify_search
+
+    m = TieredMemory(cfg(hot_max_items=20, nprobe=4, nlist=4, warm_max_items=7000, warm_max_bytes=1 << 25,
+                         pq_m=16, pq_nbits=8))  # fine codes: zeta small enough that answers certify
+    x = unit(rng, 6000)
+    m.insert(np.arange(6000), x)
+    assert m.warm.ivf_count > 0
+    q = unit(rng, 40)
+    res = m.search(q, 6, oversample=3, rescore=True, record_hits=False)
+    assert res.pq_floor is not None and res.pq_floor.shape == (40,) and np.isfinite(res.pq_floor).all()
+    # the floor is the PQ score of the last of the k * oversample warm candidates
+    ws, _ = m.warm.search_ivf(q, 18)
+    np.testing.assert_allclose(res.pq_floor, ws[:, -1], rtol=1e-6)
+    exact = q @ x.T
+    for i in range(40):
+        rest = np.setdiff1d(np.arange(6000), res.ids[i])
+        bound = max(res.scores[i, -1], res.pq_floor[i] + m.zeta_max)
+        assert exact[i, rest].max() <= bound + 1e-5
+    eps = torch.full((40,), 1e-3, dtype=torch.float64)
+    new = certify_search(res, 5, eps, m, rescored=True)
+    old = certify_search(dataclasses.replace(res, pq_floor=None), 5, eps, m, rescored=True)
+    assert (new.safe_at_1 >= old.safe_at_1).all() and (new.safe_at_k >= old.safe_at_k).all()
+    assert int(new.safe_at_1.sum()) > int(old.safe_at_1.sum())
+    # without rescoring the result carries no floor
+    assert m.search(q, 6, rescore=False, record_hits=False).pq_floor is None
+    m.close()

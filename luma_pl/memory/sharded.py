@@ -99,12 +99,15 @@ class ShardedMemory:
         tiers = res.tiers.astype(np.int64) if res else np.empty(shape, np.int64)
         zeta = res.zeta if res else np.empty(shape, np.float32)
         zmax = res.zeta_max if res else self.local.zeta_max
+        rescored = kwargs.get("rescore", True)
+        floor = res.pq_floor if res is not None and res.pq_floor is not None else np.full(self.world * qmax, -np.inf, np.float32)
         # gather every shard's answers: (world shards, world*qmax queries, k)
         g_ids = self._all_gather(torch.from_numpy(np.ascontiguousarray(ids))).numpy()
         g_sc = self._all_gather(torch.from_numpy(np.ascontiguousarray(scores))).numpy()
         g_ti = self._all_gather(torch.from_numpy(np.ascontiguousarray(tiers))).numpy()
         g_ze = self._all_gather(torch.from_numpy(np.ascontiguousarray(zeta))).numpy()
         g_zm = self._all_gather(torch.tensor([zmax], dtype=torch.float64)).view(-1).numpy()
+        g_fl = self._all_gather(torch.from_numpy(np.ascontiguousarray(floor, np.float32))).numpy()  # (world, world*qmax)
         mine = slice(self.rank * qmax, self.rank * qmax + len(q))
 
         def own(a):  # (world, world*qmax, k) -> this rank's queries, shards side by side: (Q, world*k)
@@ -113,5 +116,7 @@ class ShardedMemory:
         sc, ii, ti, ze = own(g_sc), own(g_ids), own(g_ti), own(g_ze)
         top = np.argsort(-sc, axis=1, kind="stable")[:, :k]
         take = lambda a: np.take_along_axis(a, top, 1)  # noqa: E731
+        # an item no shard returned is bounded by its own shard's floor: the highest one bounds all
+        pq_floor = g_fl[:, mine].max(axis=0).astype(np.float32) if rescored else None
         return SearchResult(take(ii), take(sc).astype(np.float32), take(ti).astype(np.int8),
-                            take(ze).astype(np.float32), float(g_zm.max()))
+                            take(ze).astype(np.float32), float(g_zm.max()), pq_floor)

@@ -57,13 +57,17 @@ ITEM_BOOKKEEPING_BYTES = _PER_KEY_ARRAY_BYTES + _HOT_ROW_SLOT_BYTES + _DICT_ENTR
 class SearchResult:
     """Per query q and rank r: ``ids[q, r]`` (-1 = no item), ``scores`` (-inf when none), ``tiers``
     (HOT=0, WARM=1, BUFFER=2, -1 none), ``zeta`` (0 for exact or rescored scores), and ``zeta_max``
-    of the warm tier's PQ codes (0 when nothing is PQ-coded)."""
+    of the warm tier's PQ codes (0 when nothing is PQ-coded). ``pq_floor`` (rescored searches): per
+    query, the PQ score of the last warm candidate fetched for rescoring (-inf when the probed lists
+    held no more): a warm item of a probed list that was not fetched has exact score <= pq_floor +
+    its zeta, the bound the Safe@k closing term uses."""
 
     ids: np.ndarray  # (Q, k) int64
     scores: np.ndarray  # (Q, k) float32
     tiers: np.ndarray  # (Q, k) int8
     zeta: np.ndarray  # (Q, k) float32
     zeta_max: float
+    pq_floor: np.ndarray | None = None  # (Q,) float32, rescored searches only
 
 
 COUNTERS = {"inserted": 0, "evictions": 0, "promotions": 0, "demotions": 0, "replaced": 0, "retrains": 0,
@@ -410,6 +414,7 @@ class TieredMemory:
         kw = k * os_ if rescore else k
         # candidate parts (scores (Q, c), keys (Q, c), tier code, zeta (Q, c) or None); empty tiers skipped
         parts = []
+        floor = np.full(len(q), -np.inf, np.float32) if rescore else None
         if len(self.hot):
             hs, hk = self.hot.search(q, k)
             parts.append((hs, hk, HOT, None))
@@ -418,6 +423,7 @@ class TieredMemory:
             valid = wk >= 0
             safe = np.where(valid, wk, 0)
             if rescore:  # exact scores from the originals: these hits carry zeta 0
+                floor = np.where(valid[:, -1], ws[:, -1], -np.inf).astype(np.float32)  # PQ list is sorted
                 cand = self.originals.get(safe.ravel()).reshape(*safe.shape, -1)  # (Q, c, d)
                 exact = np.matmul(cand, q[:, :, None])[..., 0]  # batched gemv (BLAS), not einsum
                 ws = np.where(valid, exact, -np.inf).astype(np.float32)
@@ -430,7 +436,7 @@ class TieredMemory:
         nq = len(q)
         if not parts:
             return SearchResult(np.full((nq, k), -1, np.int64), np.full((nq, k), -np.inf, np.float32),
-                                np.full((nq, k), -1, np.int8), np.zeros((nq, k), np.float32), self.zeta_max)
+                                np.full((nq, k), -1, np.int8), np.zeros((nq, k), np.float32), self.zeta_max, floor)
         scores = np.concatenate([p[0] for p in parts], axis=1)
         keys = np.concatenate([p[1] for p in parts], axis=1)
         tiers = np.concatenate([np.full(p[1].shape, p[2], np.int8) for p in parts], axis=1)
@@ -460,7 +466,7 @@ class TieredMemory:
             every = self.cfg.migrate_every_n_searches
             if every and self.counters["searches"] % every == 0:
                 self.counters["auto_migrations"] = self.counters.get("auto_migrations", 0) + self.migrate()
-        return SearchResult(ids, scores.astype(np.float32), tiers, zeta, zmax)
+        return SearchResult(ids, scores.astype(np.float32), tiers, zeta, zmax, floor)
 
     # ------------------------------------------------------------------ accounting
     def bytes_by_tier(self) -> dict[str, int]:

@@ -117,9 +117,10 @@ def certify_search(result, k: int, epsilon_q: torch.Tensor, memory=None, rescore
 
     ``rescored`` (the search ran with ``rescore=True``): candidate scores are exact (ζ_i = 0), but an
     unreturned warm item y is only known through its PQ score p_y <= p_last (the last PQ candidate
-    of the oversampled list), and every rescored candidate has exact score >= p_last - ζ_max, so
-    ``ŝ_last >= p_last - ζ_max`` and ``s_y <= p_y + ζ_y <= ŝ_last + 2 ζ_max``: the closing term uses
-    2 ζ_max, not ζ_max (the search does not expose p_last, which would allow ζ_max).
+    of the oversampled list), so ``s_y <= p_last + ζ_max``: with the search's ``pq_floor`` (= p_last)
+    the closing term bounds unreturned items by ``max(ŝ_last, p_last + ζ_max)``. Without it (a result
+    from elsewhere), every rescored candidate has exact score >= p_last - ζ_max, so
+    ``s_y <= ŝ_last + 2 ζ_max``.
     """
     scores = torch.from_numpy(np.asarray(result.scores))
     zeta = torch.from_numpy(np.asarray(result.zeta))
@@ -135,6 +136,18 @@ def certify_search(result, k: int, epsilon_q: torch.Tensor, memory=None, rescore
     elif distances != "cap":
         raise ValueError(f"distances={distances!r}: use 'vectors' or 'cap'")
     zeta_max = float(result.zeta_max) * (2.0 if rescored else 1.0)
+    floor = getattr(result, "pq_floor", None)
+    if rescored and floor is not None:
+        # the search says how far down the PQ list it fetched: an unreturned warm item y of a probed
+        # list has s_y <= p_floor + ζ_y <= p_floor + ζ_max; an unreturned exact item is <= ŝ_last.
+        # As a per-query ζ term next to ŝ_last: max(0, p_floor + ζ_max - ŝ_last), never above 2 ζ_max.
+        valid = torch.from_numpy(np.asarray(result.ids) >= 0)
+        n_valid = valid.sum(1)
+        last = scores.to(torch.float64).gather(1, (n_valid - 1).clamp_min(0)[:, None])[:, 0]
+        fl = torch.from_numpy(np.asarray(floor, np.float64))
+        term = (fl + float(result.zeta_max) - last).clamp_min(0.0)
+        term = torch.where(torch.isfinite(fl), term, torch.zeros_like(term))
+        zeta_max = torch.minimum(term, torch.full_like(term, zeta_max))
     return F.certify(scores, zeta, zeta_max, epsilon_q, k, vectors=vectors, vectors_exact=exact,
                      valid=torch.from_numpy(np.asarray(result.ids) >= 0), item_norm=MEMORY_ITEM_NORM, tol=tol)
 
