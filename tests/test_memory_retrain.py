@@ -51,14 +51,14 @@ def test_background_retrain_installs_the_same_index_at_a_fixed_insert(tmp_path):
     for s in range(0, len(x), 32):
         mem.insert(np.arange(s, s + 32), x[s:s + 32])
         if started_at is None and mem.retrain_at >= 0:
-            started_at, at, keys = mem.counters["tick"], mem.retrain_at, mem.retrain_keys.copy()
+            started_at, at, keys = mem.counters["insert_calls"], mem.retrain_at, mem.retrain_keys.copy()
             sample = mem.originals.get(keys)
             assert at == started_at + 3 and len(keys) == mem.warm.train_size
             assert mem.counters["retrains"] == 0
         if started_at is not None and mem.counters["retrains"] == 1:
             break
     assert started_at is not None, "the drifting stream never triggered a retraining"
-    assert mem.counters["tick"] == at  # installed exactly at the planned insert
+    assert mem.counters["insert_calls"] == at  # installed exactly at the planned insert
     # the worker's index is the one an in-process training on the same sample gives
     ref = mem.warm.new_index()
     ref.train(sample)

@@ -71,7 +71,8 @@ class SearchResult:
 
 
 COUNTERS = {"inserted": 0, "evictions": 0, "promotions": 0, "demotions": 0, "replaced": 0, "retrains": 0,
-            "tick": 0, "searches": 0, "auto_migrations": 0, "retrain_waits": 0, "retrain_wait_ms": 0}
+            "tick": 0, "searches": 0, "auto_migrations": 0, "retrain_waits": 0, "retrain_wait_ms": 0,
+            "insert_calls": 0}
 """Every counter a memory keeps (a snapshot written before one existed loads it as 0)."""
 
 
@@ -205,6 +206,7 @@ class TieredMemory:
         keys = self.originals.append(x)
         self._grow(self.num_keys)
         self.counters["tick"] += 1
+        self.counters["insert_calls"] += 1
         self.ids[keys] = ids
         self.hits[keys] = 0
         self.last_access[keys] = self.counters["tick"]
@@ -287,7 +289,7 @@ class TieredMemory:
             keys = self.warm.buf_ids.copy()
             self._set_warm_zeta(keys, self.warm.train(keys, self.warm.buf_vecs))
         elif self.retrain_at >= 0:
-            if self.counters["tick"] >= self.retrain_at:
+            if self.counters["insert_calls"] >= self.retrain_at:
                 self._install_retrained()
         elif self.warm.needs_retrain():
             if self.cfg.retrain_in_background:
@@ -327,7 +329,7 @@ class TieredMemory:
 
     def _start_retrain(self, keys: np.ndarray | None = None, at: int | None = None) -> None:
         """Train a new warm index on a seeded sample of the warm items' originals in the background
-        worker; it is installed at tick ``at`` (default: now + retrain_lag_inserts)."""
+        worker; it is installed at the ``at``-th insert call (default: now + retrain_lag_inserts)."""
         if keys is None:
             warm = self._warm_keys()
             if len(warm) < self.warm.train_size:
@@ -341,7 +343,7 @@ class TieredMemory:
         self._trainer.submit(self.originals.get(keys), dim=c.dim, nlist=self.warm.nlist, pq_m=c.pq_m,
                              pq_nbits=c.pq_nbits, niter=c.pq_train_iterations, seed=c.seed)
         self.retrain_keys = np.asarray(keys, np.int64)
-        self.retrain_at = self.counters["tick"] + c.retrain_lag_inserts if at is None else int(at)
+        self.retrain_at = self.counters["insert_calls"] + c.retrain_lag_inserts if at is None else int(at)
 
     def _install_retrained(self) -> None:
         """Install the background index (waiting for the worker if it is not done) and re-encode
