@@ -106,6 +106,12 @@ def _proto_batches(rank: int) -> list[dict]:
     return out
 
 
+def _proto_memory():
+    from luma_pl.memory import MemoryConfig, TieredMemory
+
+    return TieredMemory(MemoryConfig(dim=PD, hot_max_items=64, warm_max_items=0, pq_m=4, hot_backend="flat"))
+
+
 def _proto_run(rank: int, world: int, memory_factory, batches_by_rank: list[list[dict]]):
     """Feed HeavyHitterAdmission(prototypes) like a Trainer would; world=1 gets every rank's rows in
     rank order, batch by batch (what the all-gather gives each rank)."""
@@ -131,7 +137,6 @@ def _proto_run(rank: int, world: int, memory_factory, batches_by_rank: list[list
 
 
 def _proto_worker(rank, world, port, out_dir):
-    from luma_pl.memory import MemoryConfig, TieredMemory
     from luma_pl.memory.sharded import ShardedMemory
     from luma_pl.threads import limit_cpu_threads
 
@@ -140,8 +145,7 @@ def _proto_worker(rank, world, port, out_dir):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         batches = [_proto_batches(r) for r in range(world)]
-        cb, module = _proto_run(rank, world, lambda: ShardedMemory(TieredMemory(MemoryConfig(
-            dim=PD, hot_max_items=64, warm_max_items=0, pq_m=4, hot_backend="flat"))), batches)
+        cb, module = _proto_run(rank, world, lambda: ShardedMemory(_proto_memory()), batches)
         q = np.random.default_rng(3).standard_normal((8, PD)).astype(np.float32)
         ids, scores = cb.prototypes.search(q / np.linalg.norm(q, axis=1, keepdims=True), 5)  # a collective
         members = sorted((lab, i) for lab, m in cb.prototypes.members.items() for i, _ in m)
@@ -154,13 +158,9 @@ def _proto_worker(rank, world, port, out_dir):
 
 @pytest.mark.ddp
 def test_two_rank_prototypes_mode_equals_one_process(tmp_path):
-    from luma_pl.memory import MemoryConfig, TieredMemory
-
     mp.spawn(_proto_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = np.load(tmp_path / "proto0.npz"), np.load(tmp_path / "proto1.npz")
-    cb, module = _proto_run(0, 1, lambda: TieredMemory(MemoryConfig(dim=PD, hot_max_items=64, warm_max_items=0,
-                                                                       pq_m=4, hot_backend="flat")),
-                            [_proto_batches(0), _proto_batches(1)])
+    cb, module = _proto_run(0, 1, _proto_memory, [_proto_batches(0), _proto_batches(1)])
     q = np.random.default_rng(3).standard_normal((8, PD)).astype(np.float32)
     ids, scores = cb.prototypes.search(q / np.linalg.norm(q, axis=1, keepdims=True), 5)
     members = np.array(sorted((lab, i) for lab, m in cb.prototypes.members.items() for i, _ in m))
