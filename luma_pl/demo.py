@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from train import cli_main
 
     out = Path(args.out).resolve()
+    earlier_runs = set(out.rglob("offline-run-*"))  # a re-run reuses the folder: list only this run's
     t0 = time.perf_counter()
     print(f"[1/4] demo corpus -> shards in {out / 'shards'} (the first build embeds every text; cached after)", flush=True)
     report = build_shards(out / "shards", args.packages, args.max_items)
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{_fmt(s.get('ingest_per_s'), '.0f'):>9}")
     print(f"\nreport: {out / 'demo_report.json'}")
     print(f"plots and replay reports: {out / 'eval_frozen'}, {out / 'eval_streaming'}")
-    print(f"offline W&B runs (sync later with `wandb sync <dir>`): {sorted(str(p) for p in out.rglob('offline-run-*'))}")
+    runs_now = sorted(str(p) for p in set(out.rglob("offline-run-*")) - earlier_runs)
+    print(f"offline W&B runs of this demo (sync later with `wandb sync <dir>`): {runs_now}")
     print(f"checkpoint: {ckpt}")
     print(f"time: corpus {t_corpus:.1f} s, train {t_train:.1f} s, total {total:.1f} s")
     return 0
