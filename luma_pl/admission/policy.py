@@ -122,8 +122,9 @@ class HeavyHitterPolicy:
         tau = np.partition(values, len(values) - n)[len(values) - n]  # the n-th largest excess
         reach = np.zeros(len(held), bool)
         reach[live[held[live] - quota[live] >= tau - 1e-9]] = True
-        sub = keys[reach[slot]]
-        excess = self._ranks_within(slot[reach[slot]], sub, memory.last_access[sub]) - quota[slot[reach[slot]]]
+        in_reach = reach[slot]
+        sub, sub_slot = keys[in_reach], slot[in_reach]
+        excess = self._ranks_within(sub_slot, sub, memory.last_access[sub]) - quota[sub_slot]
         keep = excess >= tau - 1e-9
         return rank(sub[keep], excess[keep])
 
