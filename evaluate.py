@@ -11,7 +11,6 @@ CSV) are configured exactly as for training. Start from a train.py checkpoint wi
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
@@ -61,4 +60,4 @@ def _print(summary: dict, report_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    run_evaluation(sys.argv[1:])
+    run_evaluation()  # LightningCLI reads sys.argv itself (passing it as args too warns "args passed twice")

@@ -9,8 +9,6 @@ Resume with ``--ckpt_path <file>``: the stream position, bridge, memory and coun
 
 from __future__ import annotations
 
-import sys
-
 from lightning.pytorch.cli import LightningCLI
 
 from data_modules.stream_replay import StreamReplayDataModule
@@ -48,4 +46,4 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> LumaCLI:
 
 
 if __name__ == "__main__":
-    cli_main(sys.argv[1:])
+    cli_main()  # LightningCLI reads sys.argv itself (passing it as args too warns "args passed twice")

@@ -6,8 +6,8 @@ that ``MemoryCheckpoint`` restored and handed to the module (``on_restore``) is 
 pipeline's ``HeavyHitterPolicy`` is re-attached to it.
 
 Per batch (``on_train_batch_end``): rows of ``batch['emb'][space]`` with ``batch['has'][space]``,
-ids from ``batch['key']`` (``key_to_id='int'`` parses the key, ``'hash'`` takes a stable 63-bit
-BLAKE2b hash of it). Under DDP every rank all-gathers the batch rows (in rank order), runs the
+ids from ``batch['id']``, the one id per event that the replay computes (``luma_pl.stream.ids``;
+the evaluator uses the same ids). Under DDP every rank all-gathers the batch rows (in rank order), runs the
 identical pipeline on the identical global batch, and the decision's checksum is all-reduced (min
 == max) so a divergence raises instead of silently splitting the replicated state. A B = 0 padding
 batch still joins those collectives. Counters (arrivals, drops, label admissions/evictions, u_t,
@@ -26,7 +26,6 @@ Two index-update modes (``config.mode``):
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import lightning.pytorch as pl
@@ -35,18 +34,7 @@ import torch
 
 from luma_pl.admission.distributed import agree, allgather_rows
 from luma_pl.admission.pipeline import AdmissionConfig, AdmissionPipeline, PrototypeIndex
-
-KEY_MODES = ("int", "hash")
-
-
-def keys_to_ids(keys: list[str], mode: str) -> np.ndarray:
-    if mode == "int":
-        try:
-            return np.array([int(k) for k in keys], np.int64)
-        except ValueError as err:
-            raise ValueError(f"key_to_id='int' cannot parse a batch key ({err}); use key_to_id='hash'") from err
-    return np.array([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") >> 1
-                     for k in keys], np.int64)
+from luma_pl.stream.ids import batch_ids
 
 
 def _to_tensors(obj):
@@ -67,18 +55,15 @@ def _to_arrays(obj):
 
 class HeavyHitterAdmission(pl.Callback):
     """``config``: an ``AdmissionConfig`` or its dict (``mode`` 'items' or 'prototypes'); ``space``:
-    the embedding space to admit; ``key_to_id``: 'int' or 'hash'; ``log``: log the counters every
+    the embedding space to admit; ``log``: log the counters every
     batch; ``prototype_dir``: prototypes mode, the folder of the member store (None = temporary)."""
 
     def __init__(self, config: AdmissionConfig | dict | None = None, space: str = "minilm",
-                 key_to_id: str = "int", log: bool = True, prototype_dir: str | None = None):
+                 log: bool = True, prototype_dir: str | None = None):
         cfg = config if isinstance(config, AdmissionConfig) else AdmissionConfig.from_dict(config or {})
         cfg.validate()
-        if key_to_id not in KEY_MODES:
-            raise ValueError(f"key_to_id={key_to_id!r} is invalid; use one of {KEY_MODES}")
         self.cfg = cfg
         self.space = space
-        self.key_to_id = key_to_id
         self.log = log
         self.prototype_dir = prototype_dir
         self.pipeline: AdmissionPipeline | None = None
@@ -116,7 +101,7 @@ class HeavyHitterAdmission(pl.Callback):
         else:
             keep = has.cpu().numpy().astype(bool)
             x = emb.detach().cpu().numpy().astype(np.float32)[keep]
-            ids = keys_to_ids([k for k, h in zip(batch["key"], keep.tolist(), strict=True) if h], self.key_to_id)
+            ids = batch_ids(batch)[keep]
         if x.shape[1] != dim:
             raise ValueError(f"batch['emb'][{self.space!r}] has d={x.shape[1]} but the memory holds d={dim}")
         ids, x, _ = allgather_rows(ids, x)  # the global batch, identical on every rank

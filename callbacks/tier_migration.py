@@ -55,12 +55,22 @@ class TierMigration(pl.Callback):
         self.demotions = 0
 
     def _grow(self, n: int) -> None:
+        """Room for keys up to ``n``. A key first seen at this check counts as hit now: an item that
+        admission has just placed gets ``idle_checks`` checks of grace before it can be demoted."""
         if n > len(self.hits_seen):
-            for name in ("hits_seen", "last_hit_check"):
+            for name, fill in (("hits_seen", 0), ("last_hit_check", self.checks)):
                 old = getattr(self, name)
-                new = np.zeros(n, np.int64)
+                new = np.full(n, fill, np.int64)
                 new[: len(old)] = old
                 setattr(self, name, new)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # a module that says it asks the memory nothing would have every hot item look idle
+        if getattr(pl_module, "records_hits", None) is False:
+            raise ValueError(f"TierMigration: {type(pl_module).__name__} records no hits in the memory "
+                             "(records_hits=False), so every hot item would look idle and be demoted; ask the "
+                             "stream's queries (model.module.stream_queries_k > 0, and a memory) or remove "
+                             "the TierMigration callback")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: dict, batch_idx: int) -> None:

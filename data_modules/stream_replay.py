@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from luma_pl.configuration import StrictConfig, require
+from luma_pl.stream.ids import event_ids
 from luma_pl.threads import limit_cpu_threads
 
 from .replay_plan import ReplayPlan, plan_replay, resume_split
@@ -61,7 +62,7 @@ class ReplayConfig(StrictConfig):
 def empty_batch(manifest: Manifest, skipped: int = 0) -> dict:
     """A B=0 padding batch with every column of the contract."""
     return {
-        "key": [], "ts": torch.zeros(0, dtype=torch.long), "topic": [],
+        "key": [], "id": torch.zeros(0, dtype=torch.long), "ts": torch.zeros(0, dtype=torch.long), "topic": [],
         "emb": {s: torch.zeros(0, d) for s, d in manifest.spaces.items()},
         "has": {s: torch.zeros(0, dtype=torch.bool) for s in manifest.spaces},
         "media": {e: [] for e in manifest.media},
@@ -73,6 +74,7 @@ def to_batch(chunk: EventChunk, skipped: int) -> dict:
     """Columnar chunk (B rows) -> contract batch; arrays are owned copies (cheap to share)."""
     return {
         "key": chunk.keys,
+        "id": torch.from_numpy(event_ids(chunk.keys)),  # (B,) the one id of each event (luma_pl.stream.ids)
         "ts": torch.from_numpy(np.array(chunk.ts, np.int64)),  # (B,)
         "topic": chunk.topics,
         "emb": {s: torch.from_numpy(np.array(a, np.float32)) for s, a in chunk.emb.items()},  # (B, d)

@@ -8,12 +8,13 @@ import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from callbacks.heavy_hitter_admission import HeavyHitterAdmission, keys_to_ids
+from callbacks.heavy_hitter_admission import HeavyHitterAdmission
 from callbacks.memory_checkpoint import MemoryCheckpoint
 from callbacks.tier_migration import TierMigration
 from data_modules import StreamReplayDataModule, write_blocks
 from luma_pl.configuration import ConfigError
 from luma_pl.memory import MemoryConfig, TieredMemory
+from luma_pl.stream import event_ids
 
 D, N, BATCH = 32, 320, 16
 ADMISSION = {"prefilter": {"basis": "adaptive", "threshold_mode": "quantile", "alpha": 0.1, "window": 64,
@@ -106,7 +107,7 @@ def test_callbacks_run_count_and_resume_exactly(tmp_path):
     assert sum(full["audit"].values()) == mem.counters["inserted"] and full["audit"]["evicted"] > 0
     # the migration found the heavily queried item and moved things on access statistics
     assert mig.checks == N // BATCH // 4 and mig.promotions > 0
-    hot_item = 0  # queries q[::3] all ask for item 0
+    hot_item = int(event_ids(["0000000"])[0])  # queries q[::3] all ask for item 0 (key 0000000)
     if mem.location(hot_item) != "evicted":
         assert mem.location(hot_item) == "hot"
     # resume from a mid-stream checkpoint: identical counters, memory and migration state at the end
@@ -118,14 +119,7 @@ def test_callbacks_run_count_and_resume_exactly(tmp_path):
     assert any("HeavyHitterAdmission" in k for k in ckpt["callbacks"])
 
 
-def test_key_modes_and_errors():
-    assert keys_to_ids(["0000012", "7"], "int").tolist() == [12, 7]
-    h = keys_to_ids(["a-1", "a-1", "b"], "hash")
-    assert h[0] == h[1] != h[2] and (h >= 0).all()
-    with pytest.raises(ValueError, match="hash"):
-        keys_to_ids(["a-1"], "int")
-    with pytest.raises(ValueError, match="key_to_id"):
-        HeavyHitterAdmission(key_to_id="sha")
+def test_config_errors():
     with pytest.raises(ConfigError, match="mode"):
         HeavyHitterAdmission({"mode": "centroids"})
     with pytest.raises(ValueError, match="every_n_batches"):

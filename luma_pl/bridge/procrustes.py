@@ -163,6 +163,19 @@ class StreamingProcrustes(nn.Module):
         r = self.config.refresh_every
         return r > 0 and int(self.pairs_total - self.pairs_at_refresh) >= r
 
+    def flush(self) -> bool:
+        """End of a stream or epoch: merge every rank's pending pairs (collective when ``sync_every``
+        > 1) and refresh if any pair arrived since the last refresh, so the final W is fitted on every
+        pair (a batch size that does not divide ``refresh_every`` would otherwise leave the tail out).
+        The decision depends on the all-reduced count only, so every rank refreshes or none does.
+        Returns True if it refreshed."""
+        if self.config.sync_every > 1:
+            self.sync_increment()
+        if int(self.pairs_total - self.pairs_at_refresh) > 0:
+            self.refresh(sync=False)
+            return True
+        return False
+
     # --- solving -------------------------------------------------------------------------------
     @torch.no_grad()
     def refresh(self, sync: bool = True) -> torch.Tensor:

@@ -23,7 +23,6 @@ a rank does not hold the other shards' vectors.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
 
@@ -40,6 +39,7 @@ from luma_pl.memory.policy import HOT
 from luma_pl.memory.sharded import ShardedMemory
 from luma_pl.memory.tiered import SearchResult
 from luma_pl.metrics import functional as MF
+from luma_pl.stream.ids import batch_ids
 from luma_pl.telemetry import safe_at_k as S
 from luma_pl.telemetry.functional import EPSILON_SOURCES
 
@@ -127,14 +127,6 @@ def load_checkpoint_safely(path: str, argument: str) -> dict:
     return ckpt
 
 
-def event_ids(keys: list[str]) -> np.ndarray:
-    """Stable int64 id per event key (blake2b, identical on every rank, machine and run)."""
-    out = np.empty(len(keys), np.int64)
-    for i, k in enumerate(keys):
-        out[i] = int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") & (2**62 - 1)
-    return out
-
-
 def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -212,7 +204,7 @@ class StreamEvaluator(pl.LightningModule):
         rank, world = _world()
         cfg = self.cfg
         B = len(batch["key"])
-        ids = event_ids(batch["key"])
+        ids = batch_ids(batch)
         emb, has = batch.get("emb", {}), batch.get("has", {})
         item_ok = has[cfg.item_space].numpy().copy() if B else np.zeros(0, bool)
         # a key replayed twice (a stream that repeats an event, or two shards that overlap) is

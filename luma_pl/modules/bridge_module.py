@@ -44,22 +44,27 @@ class ProcrustesBridgeModule(BridgeModuleBase):
         with torch.no_grad():
             s, c = self.pairs(batch)  # (n, d_s), (n, d_c); n = 0 on padding batches
             refreshed = self.bridge.fit_step(s, c)  # joins the increment all-reduce on schedule
+        self.ask_stream_queries(batch)  # the stream's queries record hits for tier migration
         self.log("train/pairs", float(self.bridge.pairs_total), on_step=True, on_epoch=False)
         if refreshed:
-            eps = self.bridge.epsilon()
-            self.log("train/refreshes", float(self.bridge.refreshes), on_step=True, on_epoch=False)
-            if math.isfinite(eps):
-                self.log("train/epsilon", eps, on_step=True, on_epoch=False)
-            ref = self.bridge.drift_from_reference()
-            if math.isfinite(ref):
-                self.log("train/drift_from_reference", ref, on_step=True, on_epoch=False)
+            self._log_refresh()
         return None
 
+    def _log_refresh(self) -> None:
+        eps = self.bridge.epsilon()
+        self.log("train/refreshes", float(self.bridge.refreshes), on_step=True, on_epoch=False)
+        if math.isfinite(eps):
+            self.log("train/epsilon", eps, on_step=True, on_epoch=False)
+        ref = self.bridge.drift_from_reference()
+        if math.isfinite(ref):
+            self.log("train/drift_from_reference", ref, on_step=True, on_epoch=False)
+
     def on_train_epoch_end(self) -> None:
-        # pairs of the last partial sync window must not wait for the next epoch. The condition is
-        # the same on every rank (a config value), so all ranks join the collective or none does.
-        if self.bridge.config.sync_every > 1:
-            self.bridge.sync_increment()
+        # the pairs since the last refresh (and of the last partial sync window) must not wait for the
+        # next epoch, nor be missing from the final checkpoint (StreamCheckpoint writes in
+        # on_train_end, after this hook). flush() decides on all-reduced counts: all ranks or none.
+        if self.bridge.flush():
+            self.log("train/refreshes", float(self.bridge.refreshes), on_step=False, on_epoch=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning writes rank 0's state only: merge every rank's pending increment first, or the

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 
 from luma_pl.bridge.distributed import gather_rows
 from luma_pl.configuration import StrictConfig, as_config, require  # noqa: F401 (as_config re-exported)
@@ -38,6 +40,10 @@ class BridgeModuleConfig(StrictConfig):
     (e.g. {"minilm": "txt"}); needs an encoder for that space."""
     score_chunk: int = 1024
     """Validation queries scored per chunk (bounds the (chunk, items) score matrix)."""
+    stream_queries_k: int = 10
+    """Training with a memory: each batch's ``query_space`` rows are bridged and asked of the memory
+    (top-``stream_queries_k``, recorded as hits), so ``TierMigration`` sees what the stream asks for;
+    0 = ask nothing (then a ``TierMigration`` callback is refused at set-up: it would see no hits)."""
 
     def validate(self) -> None:
         n = "BridgeModuleConfig"
@@ -45,6 +51,8 @@ class BridgeModuleConfig(StrictConfig):
         for ext in self.media_keys.values():
             require(ext in _MODALITY, n, "media_keys", self.media_keys, f"extensions must be in {sorted(_MODALITY)}")
         require(self.score_chunk >= 1, n, "score_chunk", self.score_chunk, "use a positive chunk size")
+        require(isinstance(self.stream_queries_k, int) and self.stream_queries_k >= 0, n, "stream_queries_k",
+                self.stream_queries_k, "use an int >= 0 (0 = the training stream asks the memory nothing)")
 
 
 class BridgeModuleBase(LightningModule):
@@ -98,6 +106,27 @@ class BridgeModuleBase(LightningModule):
         local = TieredMemory(self.memory_cfg, directory=folder)
         self.memory = ShardedMemory(local) if world > 1 else local
 
+    @property
+    def records_hits(self) -> bool:
+        """Whether training asks the memory the stream's queries (``TierMigration`` needs it)."""
+        return self.memory_cfg is not None and self.cfg.stream_queries_k > 0
+
+    @torch.no_grad()
+    def ask_stream_queries(self, batch: dict) -> int:
+        """Bridge this batch's ``query_space`` rows and search the memory with them, recording hits.
+        A collective on a ShardedMemory: every rank calls it on every batch (0 rows on padding).
+        Returns the number of queries asked."""
+        if not self.records_hits or self.memory is None or not self.bridge_ready():
+            return 0
+        if not self._can_read(batch, self.cfg.query_space):
+            q = torch.zeros(0, self.dims[self.cfg.query_space])
+        else:
+            a, h = self.space(batch, self.cfg.query_space)
+            q = a[h]
+        x = self.bridge(q.float()).float().cpu().numpy() if len(q) else np.zeros((0, self.memory_cfg.dim), np.float32)
+        self.memory.search(x, self.cfg.stream_queries_k, record_hits=True)
+        return len(x)
+
     # --- reading a batch ----------------------------------------------------------------------
     def space(self, batch: dict, space: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(emb (B, d), has (B,))`` for a space, from the batch or encoded from raw media."""
@@ -135,9 +164,18 @@ class BridgeModuleBase(LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_q, self._val_pos, self._val_other = [], [], []
+        self._val_without_queries = 0
+
+    def _can_read(self, batch: dict, space: str) -> bool:
+        return space in batch.get("emb", {}) or space in self.cfg.media_keys or len(batch.get("key", [])) == 0
 
     @torch.no_grad()
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if not (self._can_read(batch, self.cfg.query_space) and self._can_read(batch, self.cfg.item_space)):
+            # a stream of anchor pairs only (no validation queries): nothing to validate, said once at
+            # the epoch's end, never a crash that would also lose the final checkpoint
+            self._val_without_queries += 1
+            return
         q, hq = self.space(batch, self.cfg.query_space)
         x, hx = self.space(batch, self.cfg.item_space)
         both = hq & hx
@@ -147,6 +185,10 @@ class BridgeModuleBase(LightningModule):
         self._val_other.append(x[hx & ~hq].float())  # items with no query: distractors
 
     def on_validation_epoch_end(self) -> None:
+        if self._val_without_queries:
+            rank_zero_warn(f"validation: {self._val_without_queries} batch(es) have no emb[{self.cfg.query_space!r}] "
+                           f"or emb[{self.cfg.item_space!r}], so they were not validated; point data.val_root at shards "
+                           "with validation queries, or set trainer.limit_val_batches=0 to skip validation")
         if not self.bridge_ready():  # e.g. Procrustes before its first refresh: same on every rank
             return
         d = self.dims[self.cfg.item_space]
