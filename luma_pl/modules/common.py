@@ -118,12 +118,11 @@ class BridgeModuleBase(LightningModule):
         Returns the number of queries asked."""
         if not self.records_hits or self.memory is None or not self.bridge_ready():
             return 0
-        if not self._can_read(batch, self.cfg.query_space):
-            q = torch.zeros(0, self.dims[self.cfg.query_space])
-        else:
+        x = np.zeros((0, self.memory_cfg.dim), np.float32)  # no query rows: still joins the collective
+        if self._can_read(batch, self.cfg.query_space):
             a, h = self.space(batch, self.cfg.query_space)
-            q = a[h]
-        x = self.bridge(q.float()).float().cpu().numpy() if len(q) else np.zeros((0, self.memory_cfg.dim), np.float32)
+            if bool(h.any()):
+                x = self.bridge(a[h].float()).float().cpu().numpy()
         self.memory.search(x, self.cfg.stream_queries_k, record_hits=True)
         return len(x)
 
