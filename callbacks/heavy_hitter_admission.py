@@ -10,7 +10,10 @@ ids from ``batch['id']``, the one id per event that the replay computes (``luma_
 the evaluator uses the same ids). Under DDP every rank all-gathers the batch rows (in rank order), runs the
 identical pipeline on the identical global batch, and the decision's checksum is all-reduced (min
 == max) so a divergence raises instead of silently splitting the replicated state. A B = 0 padding
-batch still joins those collectives. Counters (arrivals, drops, label admissions/evictions, u_t,
+batch still joins those collectives. An event whose id was admitted before (the next epoch over the
+same shards, a shard that repeats keys) is a replay: skipped and counted (``admission/replayed``),
+never inserted twice (``luma_pl.stream.pool.SeenIds.first_arrivals``, the evaluator's rule too); the
+ids seen are replicated on every rank and saved in the checkpoint. Counters (arrivals, drops, label admissions/evictions, u_t,
 B_t) are logged with ``pl_module.log_dict`` and saved in checkpoints (``state_dict``: numpy arrays
 become tensors, scalars stay primitives; ``load_state_dict`` uses ``.get`` defaults).
 
@@ -35,6 +38,7 @@ import torch
 from luma_pl.admission.distributed import agree, allgather_rows
 from luma_pl.admission.pipeline import AdmissionConfig, AdmissionPipeline, PrototypeIndex
 from luma_pl.stream.ids import batch_ids
+from luma_pl.stream.pool import SeenIds
 
 
 def _to_tensors(obj):
@@ -71,6 +75,8 @@ class HeavyHitterAdmission(pl.Callback):
         self._pending_state: dict | None = None
         self._pending_protos: dict | None = None
         self.batches = 0
+        self.seen = SeenIds()
+        self.replayed = 0
 
     @staticmethod
     def memory_of(pl_module: pl.LightningModule):
@@ -91,8 +97,7 @@ class HeavyHitterAdmission(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: dict, batch_idx: int) -> None:
         memory = self.memory_of(pl_module)
-        local = getattr(memory, "local", memory)
-        dim = local.cfg.dim
+        dim = memory.dim
         emb = batch["emb"].get(self.space)
         has = batch["has"].get(self.space)
         if emb is None or len(batch["key"]) == 0:
@@ -105,6 +110,9 @@ class HeavyHitterAdmission(pl.Callback):
         if x.shape[1] != dim:
             raise ValueError(f"batch['emb'][{self.space!r}] has d={x.shape[1]} but the memory holds d={dim}")
         ids, x, _ = allgather_rows(ids, x)  # the global batch, identical on every rank
+        fresh = self.seen.first_arrivals(ids)
+        self.replayed += int(len(ids) - fresh.sum())
+        ids, x = ids[fresh], x[fresh]
         pipe = self._pipeline(dim)
         if self.cfg.mode == "prototypes":
             decision = self._prototype_index(pl_module, memory).ingest(ids, x)
@@ -114,6 +122,7 @@ class HeavyHitterAdmission(pl.Callback):
         self.batches += 1
         if self.log:
             metrics = pipe.metrics()
+            metrics["admission/replayed"] = float(self.replayed)
             if self.prototypes is not None:
                 metrics.update({f"admission/prototype_{k}": float(v) for k, v in self.prototypes.stats.items()})
                 metrics["admission/prototype_members"] = float(self.prototypes.held())
@@ -134,7 +143,8 @@ class HeavyHitterAdmission(pl.Callback):
     # -- checkpoint state ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state = self.pipeline.state_dict() if self.pipeline is not None else (self._pending_state or {})
-        out = {"pipeline": _to_tensors(state), "batches": int(self.batches)}
+        out = {"pipeline": _to_tensors(state), "batches": int(self.batches), "replayed": int(self.replayed),
+               "seen": _to_tensors(self.seen.state_dict())}
         protos = self.prototypes.state_dict() if self.prototypes is not None else self._pending_protos
         if protos is not None:
             out["prototypes"] = _to_tensors(protos)
@@ -142,6 +152,9 @@ class HeavyHitterAdmission(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.batches = int(state_dict.get("batches", 0))
+        self.replayed = int(state_dict.get("replayed", 0))
+        self.seen = SeenIds()
+        self.seen.load_state_dict(_to_arrays(state_dict.get("seen", {})))
         state = _to_arrays(state_dict.get("pipeline", {}))
         if self.pipeline is not None:
             self.pipeline.load_state_dict(state)

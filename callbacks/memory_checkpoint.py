@@ -21,17 +21,13 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from luma_pl.memory import TieredMemory, from_state_dict, state_dict
 from luma_pl.memory.sharded import allgather_bytes
+from luma_pl.ranks import rank_and_world, world_size
 
 STATE_KEY = "luma_memory"
 _META_KEY = "__meta_json__"
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _pack(state: dict) -> np.ndarray:
@@ -65,14 +61,14 @@ class MemoryCheckpoint(pl.Callback):
         if self.memory is not None:
             return self.memory
         found = getattr(pl_module, "memory", None)
-        return getattr(found, "local", found)
+        return None if found is None else found.shard
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         memory = self._current(pl_module)
         if memory is None:
             return
         state = state_dict(memory)
-        if _world() > 1:
+        if world_size() > 1:
             shards = allgather_bytes(_pack(state))
             checkpoint[STATE_KEY] = {"world": len(shards), "shards": [torch.from_numpy(b) for b in shards]}
             return
@@ -85,7 +81,7 @@ class MemoryCheckpoint(pl.Callback):
         if state is None:
             return
         if "shards" in state:
-            world, rank = _world(), dist.get_rank() if _world() > 1 else 0
+            rank, world = rank_and_world()
             if int(state.get("world", len(state["shards"]))) != world:
                 raise ValueError(f"the checkpoint holds {len(state['shards'])} memory shards (one per rank of the run "
                                  f"that wrote it) but this run has world size {world}; resume with "
@@ -99,8 +95,8 @@ class MemoryCheckpoint(pl.Callback):
             current.close()
         if self.memory is None:  # the module's memory: put the restored one in its place
             holder = getattr(pl_module, "memory", None)
-            if holder is not None and hasattr(holder, "local"):
-                holder.local = restored
+            if holder is not None and holder.distributed:
+                holder.shard = restored
             else:
                 pl_module.memory = restored
         else:

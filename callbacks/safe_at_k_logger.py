@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from luma_pl.ranks import rank
 from luma_pl.telemetry import functional as TF
 from luma_pl.telemetry.audit import OnlineAudit
 from luma_pl.telemetry.probes import probe_recall
@@ -105,7 +106,7 @@ class SafeAtKLogger(Callback):
         refreshed = int(bridge.refreshes) != self._seen_refreshes
         due = self.log_every_n_steps > 0 and trainer.global_step % self.log_every_n_steps == 0
         memory = self.memory_of(pl_module)
-        self._sharded = hasattr(memory, "local")
+        self._sharded = memory is not None and memory.distributed
         if not (refreshed or due) or self.probes is None or memory is None or not len(memory):
             return
         extra = {}
@@ -138,7 +139,7 @@ class SafeAtKLogger(Callback):
         choice = choose_epsilon(bridge, self.epsilon_source, self.epsilon_value)
         eps_q = query_epsilon(choice, a_norm, u_norm)
         res = memory.search(q.numpy().astype(np.float32), self.candidates, rescore=self.rescore, record_hits=False)
-        sharded = hasattr(memory, "local")  # a ShardedMemory: this rank lacks the other shards' vectors
+        sharded = memory.distributed  # this rank lacks the other shards' vectors
         cert = certify_search(res, self.k, eps_q, None if sharded else memory, rescored=self.rescore,
                               distances="cap" if sharded else "vectors")
         metric = SafeAtK(self.k)
@@ -184,7 +185,7 @@ class SafeAtKLogger(Callback):
     def _log_wandb_extras(self, lg, prefix, cert, res, choice, step) -> None:
         from lightning.pytorch.loggers import WandbLogger
 
-        if not isinstance(lg, WandbLogger) or trainer_rank() != 0:
+        if not isinstance(lg, WandbLogger) or rank() != 0:
             return
         import wandb
 
@@ -221,7 +222,3 @@ class SafeAtKLogger(Callback):
         self._audit = None
 
 
-def trainer_rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

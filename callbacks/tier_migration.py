@@ -81,7 +81,7 @@ class TierMigration(pl.Callback):
         if memory is None:
             raise AttributeError(f"{type(pl_module).__name__} has no 'memory' attribute; TierMigration "
                                  "migrates pl_module.memory (a TieredMemory or ShardedMemory): set it")
-        self.check(getattr(memory, "local", memory))
+        self.check(memory.shard)
         if self.log:
             pl_module.log_dict({"migration/promotions": float(self.promotions),
                                 "migration/demotions": float(self.demotions),
@@ -106,7 +106,7 @@ class TierMigration(pl.Callback):
         keys = np.array([memory.key_of[i] for i in heavy_ids.tolist() if i in memory.key_of], np.int64)
         if len(keys):
             keys = keys[np.isin(memory.locations[keys], (WARM, BUFFER))]
-            room = max(0, memory._hot_capacity() // 2)
+            room = max(0, memory.hot_capacity() // 2)
             keys = keys[: min(self.max_moves, room)]
             if len(keys):
                 memory.promote(memory.ids[keys])

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from luma_pl.configuration import StrictConfig, require
+from luma_pl.ranks import rank_and_world
 from luma_pl.stream.ids import event_ids
 from luma_pl.threads import limit_cpu_threads
 
@@ -266,9 +267,7 @@ class StreamReplayDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             return trainer.global_rank, trainer.world_size
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
+        return rank_and_world()
 
     def setup(self, stage: str | None = None) -> None:
         rank, world = self._rank_world()

@@ -313,7 +313,7 @@ def test_items_mode_counts_everything(policy, victims):
     pol = pipe.policy
     for tier, budget in ((0, mem.cfg.hot_max_items), (None, mem.cfg.warm_max_items)):
         victims_ = pol.hot_victims(mem, 10**6) if tier == 0 else pol.warm_victims(mem, 10**6)
-        labels = pol.label_of_key[victims_]
+        labels = mem.labels[victims_]
         tracked = pipe.counter.tracked(labels).astype(int)
         cnt = pipe.counter.count_of(labels)
         if victims == "label_count":  # untracked labels first, then the smallest counts
@@ -349,8 +349,7 @@ def test_quota_victims_keep_a_frequency_weighted_recent_sample():
     ids = np.arange(24)
     labels = np.repeat([0, 1, 2], 8)
     mem.policy = pol
-    pol.expect(ids, labels, np.zeros(24, bool))
-    mem.insert(ids, unit(np.random.default_rng(0), 24, mem.cfg.dim))
+    mem.insert(ids, unit(np.random.default_rng(0), 24, mem.cfg.dim), hot=np.zeros(24, bool), labels=labels)
     mem.last_access[mem._lookup(ids)] = np.arange(24)  # later id = more recently accessed
     keys = mem._lookup(ids)
     excess = pol._quota_excess(mem, keys, 8)
@@ -448,9 +447,8 @@ def test_quota_victims_fast_path_equals_the_full_sort(warm):
         counter = HeavyHitterCounter(CounterConfig(policy="space_saving", capacity=int(rng.integers(1, m + 1))))
         counter.update(rng.integers(0, m, 500))
         pol = HeavyHitterPolicy(counter)
-        pol._grow(n_keys)
-        pol.label_of_key[:n_keys] = rng.integers(-1, m, n_keys)
-        mem = SimpleNamespace(last_access=rng.integers(0, n_keys // 3 + 1, n_keys), hits=rng.integers(0, 3, n_keys))
+        mem = SimpleNamespace(last_access=rng.integers(0, n_keys // 3 + 1, n_keys), hits=rng.integers(0, 3, n_keys),
+                              labels=rng.integers(-1, m, n_keys))
         keys = rng.permutation(n_keys)[: int(rng.integers(10, n_keys))]
         budget = int(rng.integers(1, 2 * len(keys)))
         excess = pol._quota_excess(mem, keys, budget)

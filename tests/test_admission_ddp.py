@@ -150,7 +150,7 @@ def _proto_worker(rank, world, port, out_dir):
         ids, scores = cb.prototypes.search(q / np.linalg.norm(q, axis=1, keepdims=True), 5)  # a collective
         members = sorted((lab, i) for lab, m in cb.prototypes.members.items() for i, _ in m)
         np.savez(os.path.join(out_dir, f"proto{rank}.npz"), ids=ids, scores=scores, members=np.array(members),
-                 local=len(module.memory.local), stats=np.array(list(cb.prototypes.stats.values())))
+                 local=len(module.memory.shard), stats=np.array(list(cb.prototypes.stats.values())))
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -139,7 +139,7 @@ def test_resume_catches_a_wrong_stream_position(tmp_path):
 @pytest.mark.parametrize("kind", ["orthogonal", "mlp"])
 def test_learned_module_trains_and_validates(tmp_path, kind):
     torch.manual_seed(0)
-    model = LearnedBridgeModule(bridge=dict(kind=kind, d_s=D_S, d_c=D_C, hidden=16), optim=dict(lr=0.05))
+    model = LearnedBridgeModule(bridge=dict(kind=kind, d_s=D_S, d_c=D_C, hidden=16, lr=0.05))
     trainer = _trainer(tmp_path, max_epochs=4, enable_checkpointing=False)
     trainer.fit(model, train_dataloaders=SyntheticStream(12), val_dataloaders=SyntheticStream(3, seed=9))
     m = trainer.callback_metrics

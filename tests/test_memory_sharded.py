@@ -55,13 +55,13 @@ def _worker(rank, world, port, out_dir):
         holder = SimpleNamespace(memory=ShardedMemory(TieredMemory(MemoryConfig(**CFG))))
         MemoryCheckpoint().on_load_checkpoint(None, holder, torch.load(path, weights_only=True))
         back = holder.memory.search(mine, K)
-        same_ids = sorted(holder.memory.local.ids[holder.memory.local.keys_in(0)].tolist()) == sorted(
-            mem.local.ids[mem.local.keys_in(0)].tolist())
+        same_ids = sorted(holder.memory.shard.ids[holder.memory.shard.keys_in(0)].tolist()) == sorted(
+            mem.shard.ids[mem.shard.keys_in(0)].tolist())
         np.savez(os.path.join(out_dir, f"rank{rank}.npz"), ids=r.ids, scores=r.scores, tiers=r.tiers, kept=kept,
-                 ids_back=back.ids, scores_back=back.scores, len_back=len(holder.memory.local),
-                 len_before=len(mem.local), same_hot=same_ids)
-        holder.memory.local.close()
-        mem.local.close()
+                 ids_back=back.ids, scores_back=back.scores, len_back=len(holder.memory.shard),
+                 len_before=len(mem.shard), same_hot=same_ids)
+        holder.memory.shard.close()
+        mem.shard.close()
         dist.barrier()  # every collective done on both ranks before gloo is torn down
     finally:
         dist.destroy_process_group()

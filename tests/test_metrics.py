@@ -14,7 +14,7 @@ from luma_pl.metrics import functional as F
 
 
 def _np_reference(scores: np.ndarray, rel: np.ndarray, k: int) -> dict[str, float]:
-    """Loop-by-loop definitions (see DESIGN.md section 7); rel holds gains."""
+    """Loop-by-loop definitions (see docs/design.md section 7); rel holds gains."""
     out = {m: [] for m in F.METRICS}
     for s, g in zip(scores, rel, strict=False):
         order = sorted(range(len(s)), key=lambda i: (-s[i], i))[:k]

@@ -1,4 +1,4 @@
-"""Adversarial verification of the Safe@k certificate on real demo embeddings (DESIGN.md section 6).
+"""Adversarial verification of the Safe@k certificate on real demo embeddings (docs/design.md section 6).
 
 Real data: the cached demo corpus (minilm items = canonical, wordllama = source, wordllama queries),
 a real streaming Procrustes bridge fitted on the anchors, and real PQ reconstructions (faiss

@@ -196,8 +196,8 @@ def test_logger_certifies_a_learned_bridge(tmp_path):
 
     batches = _batches(DT_EVENTS, 100)
     torch.manual_seed(0)  # the bridge's initial weights; a small learning rate keeps ε ~1.5e-3 (certifiable)
-    module = LearnedBridgeModule(bridge={"kind": "linear", "d_s": 256, "d_c": 384, "refresh_every": 3},
-                                 optim={"lr": 1e-5})
+    module = LearnedBridgeModule(bridge={"kind": "linear", "d_s": 256, "d_c": 384, "refresh_every": 3,
+                                         "lr": 1e-5})
     cb = SafeAtKLogger(k=10, candidates=20, num_probes=100, recall_probes=50, table_rows=4,
                        memory={"hot_max_items": 2000, "nlist": 4, "pq_m": 48, "pq_nbits": 4})  # exact: ζ = 0
     trainer = Trainer(max_epochs=1, logger=[CSVLogger(str(tmp_path), name="csv")], callbacks=[cb],

@@ -1,5 +1,5 @@
 """kill -9 in the middle of `train.py fit`, resume from the last stream checkpoint: the final bridge
-and memory equal those of an uninterrupted run (DESIGN: no admitted item lost, exact resume)."""
+and memory equal those of an uninterrupted run (docs/design.md: no admitted item lost, exact resume)."""
 
 from __future__ import annotations
 

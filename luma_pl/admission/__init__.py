@@ -1,4 +1,4 @@
-"""Streaming admission (DESIGN.md section 5): prefilter -> online clustering -> heavy-hitter counter
+"""Streaming admission (docs/design.md section 5): prefilter -> online clustering -> heavy-hitter counter
 -> index update (items or prototypes), the baselines it is compared with, and cross-rank merges."""
 
 from luma_pl.admission.adaptive import AdaptiveConfig, AdaptiveController, adapt

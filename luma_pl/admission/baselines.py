@@ -1,4 +1,4 @@
-"""Baselines for the admission ablation (DESIGN.md section 5), each holding exact vectors in a faiss
+"""Baselines for the admission ablation (docs/design.md section 5), each holding exact vectors in a faiss
 ``IndexFlatIP`` under an item capacity, with the same ``ingest(ids, x)`` / ``search(q, k)`` /
 ``nbytes()`` surface and eviction counters:
 

@@ -1,4 +1,4 @@
-"""Online clustering (DESIGN.md section 5): m centroids, cosine assignment, eta = 1/(n_j + 1).
+"""Online clustering (docs/design.md section 5): m centroids, cosine assignment, eta = 1/(n_j + 1).
 
 The update mu_j <- (1 - eta) mu_j + eta x with eta = 1/(n_j + 1) makes mu_j the running mean of
 every arrival assigned to j. A batch is assigned against the centroids as they stood at its start

@@ -19,10 +19,7 @@ import torch
 import torch.distributed as dist
 
 from luma_pl.admission.heavy_hitters import space_saving_merge
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+from luma_pl.ranks import is_distributed
 
 
 def _gather(t: torch.Tensor) -> list[torch.Tensor]:

@@ -130,12 +130,10 @@ class AdmissionPipeline:
         (a TieredMemory, or a ShardedMemory that keeps its share)."""
         ids = np.asarray(ids, np.int64)
         d = self.step(x)
-        local = getattr(memory, "local", memory)
-        local.policy = self.policy  # idempotent; re-attaches after a memory was restored
+        memory.shard.policy = self.policy  # idempotent; re-attaches after a memory was restored
         if d.keep.any():
-            self.policy.expect(ids[d.keep], d.labels[d.keep], d.heavy[d.keep])
-            memory.insert(ids[d.keep], np.asarray(x, np.float32)[d.keep])
-            self.policy.clear_pending()  # ids a ShardedMemory did not keep here
+            memory.insert(ids[d.keep], np.asarray(x, np.float32)[d.keep], hot=d.heavy[d.keep],
+                          labels=d.labels[d.keep])
         return d
 
     def metrics(self) -> dict[str, float]:
@@ -242,8 +240,7 @@ class PrototypeIndex:
 
     def nbytes(self) -> int:
         """RAM: the prototype memory's tiers + 16 bytes per member (id + store row)."""
-        local = getattr(self.memory, "local", self.memory)
-        b = local.bytes_by_tier()
+        b = self.memory.shard.bytes_by_tier()
         return int(b["hot"] + b["warm"] + 16 * self.held())
 
     # -- checkpoint state: arrays and primitives; the member vectors travel with it -------------

@@ -1,9 +1,9 @@
 """The bridge between the admission pipeline and ``TieredMemory``'s pluggable ``AdmissionPolicy``.
 
-``HeavyHitterPolicy`` is installed as ``memory.policy``. Before an insert the pipeline tells it,
-per external id, the item's cluster label and whether that label is a heavy hitter (``expect``);
-the memory then asks ``admit_hot`` (heavy -> hot, others -> warm). When a tier is full the memory
-asks for victims, ranked most expendable first. Two rankings (``victims``):
+``HeavyHitterPolicy`` is installed as ``memory.policy``; it only ranks victims. The admission
+decision is an argument of the insert: the pipeline passes ``hot`` (heavy -> hot, others -> warm)
+and each item's cluster ``labels``, which the memory keeps per key (``memory.labels``). When a tier
+is full the memory asks for victims, ranked most expendable first. Two rankings (``victims``):
 
 * ``quota`` (default): each tracked label's share of the tier's item budget is proportional to its
   count (untracked labels get none). An item that is the j-th most recently accessed of its label
@@ -17,7 +17,7 @@ asks for victims, ranked most expendable first. Two rankings (``victims``):
   ``quota``, on the uniform demo stream the two are within 0.01.
 
 The memory does every move and counts every demotion and eviction (``memory.counters``), so the
-policy cannot lose an item. The policy's own state is the per-key label array (``state_dict``).
+policy cannot lose an item. The policy holds no state of its own: the labels are the memory's, saved with it.
 """
 
 from __future__ import annotations
@@ -36,41 +36,16 @@ class HeavyHitterPolicy:
             raise ValueError(f"victims={victims!r} is invalid; use one of {VICTIM_RANKINGS}")
         self.counter = counter
         self.victims = victims
-        # the next insert's announced items, sorted by external id: (ids, labels, goes hot)
-        self._pending = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, bool))
-        self.label_of_key = np.full(1024, -1, np.int64)  # (keys,) cluster label of each memory key
-
-    def expect(self, ids: np.ndarray, labels: np.ndarray, heavy: np.ndarray) -> None:
-        """Announce the next insert's items: external id -> (label, goes hot). Replaces any earlier
-        announcement (an insert consumes one; a ShardedMemory keeps only part of it)."""
-        ids = np.asarray(ids, np.int64)
-        order = np.argsort(ids, kind="stable")
-        self._pending = (ids[order], np.asarray(labels, np.int64)[order], np.asarray(heavy, bool)[order])
-
-    def clear_pending(self) -> None:
-        self._pending = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, bool))
-
-    def _grow(self, n: int) -> None:
-        if n > len(self.label_of_key):
-            arr = np.full(max(n, 2 * len(self.label_of_key)), -1, np.int64)
-            arr[: len(self.label_of_key)] = self.label_of_key
-            self.label_of_key = arr
 
     # -- AdmissionPolicy ----------------------------------------------------------------------
     def admit_hot(self, memory, keys: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-        self._grow(int(keys.max()) + 1 if len(keys) else 0)
-        ids, labels, heavy = self._pending
-        ext = memory.ids[keys]
-        pos = np.minimum(np.searchsorted(ids, ext), max(len(ids) - 1, 0))
-        known = (ids[pos] == ext) if len(ids) else np.zeros(len(keys), bool)
-        # an item nobody announced: warm, no label
-        self.label_of_key[keys] = np.where(known, labels[pos] if len(ids) else -1, -1)
-        return known & (heavy[pos] if len(ids) else known)
+        """An insert without the pipeline's decision (no ``hot`` mask): warm."""
+        return np.zeros(len(keys), bool)
 
-    def _label_rank(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _label_rank(self, memory, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(tracked (n,) bool, count (n,) int64) of each key's label, by dense table lookups (cluster
         labels are small ints; a per-key dict lookup cost ~0.5 s per million keys)."""
-        labels = self.label_of_key[keys] if len(self.label_of_key) else np.full(len(keys), -1)
+        labels = memory.labels[keys]
         labs, cnt, _ = self.counter.summary()
         size = 2 + max(int(labels.max()) if len(labels) else 0, int(labs.max()) if len(labs) else 0)
         count = np.zeros(size, np.int64)
@@ -79,11 +54,11 @@ class HeavyHitterPolicy:
         tracked[labs + 1] = True
         return tracked[labels + 1], count[labels + 1]
 
-    def _quota(self, keys: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _quota(self, memory, keys: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(slot (n,) per key, held (slots,), quota (slots,)): slot = label + 1; a tracked label's
         quota is its count's share of ``budget`` among the labels held here, an untracked one's 0."""
-        tracked, count = self._label_rank(keys)
-        slot = self.label_of_key[keys] + 1
+        tracked, count = self._label_rank(memory, keys)
+        slot = memory.labels[keys] + 1
         held = np.bincount(slot)
         weight = np.zeros(len(held))
         weight[slot] = np.where(tracked, count, 0)
@@ -101,7 +76,7 @@ class HeavyHitterPolicy:
 
     def _quota_excess(self, memory, keys: np.ndarray, budget: int) -> np.ndarray:
         """(n,) how far each key lies beyond its label's share of ``budget`` (see the module doc)."""
-        slot, _, quota = self._quota(keys, budget)
+        slot, _, quota = self._quota(memory, keys, budget)
         return self._ranks_within(slot, keys, memory.last_access[keys]) - quota[slot]
 
     def _quota_victims(self, memory, keys: np.ndarray, budget: int, n: int, warm: bool) -> np.ndarray:
@@ -115,7 +90,7 @@ class HeavyHitterPolicy:
 
         if n >= len(keys) // 4:  # a large share: the full sort is as cheap
             return rank(keys, self._quota_excess(memory, keys, budget))
-        slot, held, quota = self._quota(keys, budget)
+        slot, held, quota = self._quota(memory, keys, budget)
         live = np.flatnonzero(held)
         top = np.minimum(held[live], n)  # each label's n largest excess values: held - q - (0..top-1)
         values = np.repeat(held[live] - quota[live], top) - (np.arange(top.sum()) - np.repeat(np.cumsum(top) - top, top))
@@ -132,7 +107,7 @@ class HeavyHitterPolicy:
         keys = memory.keys_in(HOT)
         if self.victims == "quota":
             return self._quota_victims(memory, keys, memory.cfg.hot_max_items, n, warm=False)
-        tracked, count = self._label_rank(keys)
+        tracked, count = self._label_rank(memory, keys)
         order = np.lexsort((keys, memory.last_access[keys], count, tracked))
         return keys[order[:n]]
 
@@ -140,16 +115,14 @@ class HeavyHitterPolicy:
         keys = np.concatenate([memory.keys_in(WARM), memory.keys_in(BUFFER)])
         if self.victims == "quota":
             return self._quota_victims(memory, keys, memory.cfg.warm_max_items, n, warm=True)
-        tracked, count = self._label_rank(keys)
+        tracked, count = self._label_rank(memory, keys)
         order = np.lexsort((keys, memory.last_access[keys], count, tracked, memory.hits[keys]))
         return keys[order[:n]]
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"label_of_key": self.label_of_key.copy()}
+        """Nothing: the per-key labels live in the memory (older checkpoints' ``label_of_key`` is ignored)."""
+        return {}
 
     def load_state_dict(self, state: dict) -> None:
-        lab = state.get("label_of_key")
-        if lab is not None:
-            self.label_of_key = np.asarray(lab, np.int64).copy()
-        self.clear_pending()
+        pass

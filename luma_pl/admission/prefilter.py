@@ -1,4 +1,4 @@
-"""Multi-vector cosine prefilter (DESIGN.md section 5): r(x) = (1/n) sum_i cos(x, v_i); drop r < alpha.
+"""Multi-vector cosine prefilter (docs/design.md section 5): r(x) = (1/n) sum_i cos(x, v_i); drop r < alpha.
 
 Bases (rows of V, orthonormal):
 * ``fixed``: computed once from the first arrivals (top-n PCA of the first window, or the first

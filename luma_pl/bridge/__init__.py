@@ -1,4 +1,4 @@
-"""Bridges from a source embedding space into the canonical one (DESIGN.md section 3)."""
+"""Bridges from a source embedding space into the canonical one (docs/design.md section 3)."""
 
 from luma_pl.bridge.drift import DriftReport
 from luma_pl.bridge.procrustes import ProcrustesConfig, StreamingProcrustes

@@ -12,9 +12,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-
-def world_size(group=None) -> int:
-    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+from luma_pl.ranks import world_size
 
 
 def gather_rows(x: torch.Tensor, with_grad: bool = False, group=None) -> tuple[torch.Tensor, int, list[int]]:

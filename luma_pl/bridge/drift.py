@@ -1,4 +1,4 @@
-"""What a bridge says about its own drift (DESIGN.md sections 3 and 6).
+"""What a bridge says about its own drift (docs/design.md sections 3 and 6).
 
 ``DriftReport.value`` bounds ``sup_{||a|| <= 1} ||f_t(a) - f_other(a)||`` for the bridge's
 un-normalised map f, which is what the Safe@k certificate needs: for candidates x_i, x_j,

@@ -1,4 +1,4 @@
-"""Pure functional core of the streaming orthogonal Procrustes bridge (DESIGN.md section 3).
+"""Pure functional core of the streaming orthogonal Procrustes bridge (docs/design.md section 3).
 
 Everything here is a function of its arguments: no module state, no distributed calls. The
 stateful ``StreamingProcrustes`` and the LightningModules are thin shells over these, so the

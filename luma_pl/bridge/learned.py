@@ -1,4 +1,4 @@
-"""Learned bridges: linear, orthogonal-parametrised linear and a residual MLP (DESIGN.md section 3).
+"""Learned bridges: linear, orthogonal-parametrised linear and a residual MLP (docs/design.md section 3).
 
 All map source vectors ``s`` (N, d_s) to canonical space (N, d_c) and share the Procrustes
 bridge's interface: ``fit_step(s, c)``, ``forward(s)`` (unit rows), ``state_dict``, ``drift()``.
@@ -48,7 +48,10 @@ class LearnedBridgeConfig(StrictConfig):
     gather_negatives: bool = True
     """Under DDP, use every rank's pairs as negatives (gathered with gradient)."""
     lr: float = 1e-3
-    """Adam learning rate used by the standalone ``fit_step`` (LightningModules bring their own)."""
+    """The bridge's one learning rate: AdamW in train.py (``LearnedBridgeModule``), in evaluate.py when
+    the bridge keeps learning on the stream, and in the standalone ``fit_step``."""
+    weight_decay: float = 0.0
+    """AdamW weight decay of the map's weights (never applied to the temperature)."""
     refresh_every: int = 50
     """R: optimizer steps between two drift measurements (``mark_interval``). ε for Safe@k is the
     certified bound on the map's change over the last interval, as for the Procrustes bridge."""
@@ -64,6 +67,7 @@ class LearnedBridgeConfig(StrictConfig):
                 f"must be >= 1/init_temperature = {1.0 / self.init_temperature:.3g}")
         require(self.mse_weight >= 0, n, "mse_weight", self.mse_weight, "use >= 0")
         require(self.lr > 0, n, "lr", self.lr, "use a positive learning rate")
+        require(self.weight_decay >= 0, n, "weight_decay", self.weight_decay, "use >= 0")
         require(self.refresh_every >= 1, n, "refresh_every", self.refresh_every, "use R >= 1 optimizer steps (e.g. 50)")
 
 
@@ -192,10 +196,20 @@ class LearnedBridge(nn.Module):
         total = infonce + self.config.mse_weight * mse if self.config.mse_weight > 0 else infonce
         return total, {"infonce": infonce.detach(), "mse": mse.detach(), "logit_scale": scale.detach()}
 
+    def make_optimizer(self) -> torch.optim.AdamW:
+        """The bridge's optimizer, the same wherever it learns (train.py, evaluate.py, ``fit_step``):
+        AdamW at ``config.lr``; group 0 = the map's weights (``config.weight_decay``), group 1 = the
+        temperature when it is learned (no decay). A checkpoint's optimizer state loads into it."""
+        decay = [p for n, p in self.named_parameters() if p.requires_grad and n != "log_scale"]
+        groups = [{"params": decay, "weight_decay": self.config.weight_decay}]
+        if self.log_scale.requires_grad:
+            groups.append({"params": [self.log_scale], "weight_decay": 0.0})
+        return torch.optim.AdamW(groups, lr=self.config.lr)
+
     def fit_step(self, s: torch.Tensor, c: torch.Tensor) -> float:
-        """One Adam step on the pairs (standalone use; LightningModules call ``loss``). Returns the loss."""
+        """One optimizer step on the pairs (standalone use; LightningModules call ``loss``). Returns the loss."""
         if self._optimizer is None:
-            self._optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.config.lr)
+            self._optimizer = self.make_optimizer()
         self._optimizer.zero_grad(set_to_none=True)
         loss, _ = self.loss(s, c)
         loss.backward()

@@ -1,4 +1,4 @@
-"""StreamingProcrustes: a stateful shell over ``functional`` (DESIGN.md section 3).
+"""StreamingProcrustes: a stateful shell over ``functional`` (docs/design.md section 3).
 
 State (all buffers, so ``state_dict`` is tensors + one primitive dict and restores exactly):
   total:   decayed statistics every rank agrees on (merged at each ``sync_increment``)
@@ -25,6 +25,7 @@ from torch import nn
 from luma_pl.bridge import functional as F
 from luma_pl.bridge.drift import DriftReport
 from luma_pl.configuration import StrictConfig, require
+from luma_pl.ranks import world_size
 
 _STATS = ("M", "weight", "sum_c", "sum_s", "sq_s")
 _COUNTERS = ("steps", "pairs_total", "pairs_pending", "pairs_at_refresh", "refreshes", "has_ref")
@@ -64,10 +65,6 @@ class ProcrustesConfig(StrictConfig):
                 f"det is undefined for d_c={self.d_c} != d_s={self.d_s}: set proper_rotation=False")
         require(self.reference in ("first_refresh", "manual"), n, "reference", self.reference,
                 "use 'first_refresh' or 'manual'")
-
-
-def _dist_world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class StreamingProcrustes(nn.Module):
@@ -111,7 +108,7 @@ class StreamingProcrustes(nn.Module):
         cfg = self.config
         F.check_pairs(c, s, cfg.d_c, cfg.d_s)
         lam = cfg.lam
-        if _dist_world() == 1 and cfg.sync_every == 1:
+        if world_size() == 1 and cfg.sync_every == 1:
             # single process, sync every step: pending would be exactly the batch term, so add it
             # to the totals directly (same float operations, no extra (d_c, d_s) passes)
             F.accumulate_(self._stats("total_"), c, s, lam)
@@ -139,7 +136,7 @@ class StreamingProcrustes(nn.Module):
         initialised process group it only merges locally.
         """
         pend = self._stats("pending_")
-        if _dist_world() == 1:
+        if world_size() == 1:
             if int(self.pairs_pending) == 0:  # nothing pending: the pending statistics are exactly 0
                 return
             for total, p in zip(self._stats("total_"), pend, strict=False):

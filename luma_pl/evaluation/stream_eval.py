@@ -4,13 +4,16 @@ Each replay batch (docs/architecture.md) is one step of the stream:
 
 1. **ingest**: the batch's canonical item vectors (``item_space``) go through admission (optional)
    into the memory; under DDP each rank keeps the ids it owns (``ShardedMemory``);
-2. **bridge**: the batch's anchor pairs (``source_space`` -> ``item_space``) update the streaming
-   Procrustes bridge (``fit_bridge``), or the bridge loaded from a train.py checkpoint stays frozen;
-3. **queries**: ``fresh_queries`` of this batch's events and ``old_queries`` drawn from every
-   earlier event (memory retention) ask their source-space query (``query_space``), bridged into
-   canonical space; the relevant item is the event's own item;
-4. **telemetry**: HitRate/Recall/MRR/nDCG@k, the Safe@1/Safe@k certificate (DESIGN section 6) with
-   the ε actually used, ζ, latency, RAM per tier, drops and evictions, aggregated per window of
+2. **bridge**: the batch's anchor pairs (``source_space`` -> ``item_space``) teach the bridge
+   (``fit_bridge``; any kind, see ``luma_pl.stream.bridge``: streaming Procrustes accumulates and
+   refreshes, a learned linear / orthogonal / MLP bridge from a train.py checkpoint takes optimizer
+   steps with its checkpointed optimizer state), or the bridge stays frozen;
+3. **queries**: ``fresh_queries`` of this batch's events and ``old_queries`` drawn uniformly from
+   earlier events (memory retention; a bounded reservoir sample of every earlier event, so the cost
+   per batch does not grow with the stream) ask their source-space query (``query_space``),
+   bridged into canonical space; the relevant item is the event's own item;
+4. **telemetry**: HitRate/Recall/MRR/nDCG@k, the Safe@1/Safe@k certificate (docs/design.md section 6) with
+   the ε actually used, ζ, latency, RAM per tier and the process's RSS, drops and evictions, aggregated per window of
    ``window_batches`` batches and logged (W&B / CSV through the Trainer's loggers).
 
 DDP: every rank replays the *whole* stream (``StreamReplayDataModule(replicate=True)``), so the
@@ -39,9 +42,13 @@ from luma_pl.memory.policy import HOT
 from luma_pl.memory.sharded import ShardedMemory
 from luma_pl.memory.tiered import SearchResult
 from luma_pl.metrics import functional as MF
+from luma_pl.ranks import initialised, rank_and_world
+from luma_pl.stream.bridge import StreamBridge, bridge_from_state
 from luma_pl.stream.ids import batch_ids
+from luma_pl.stream.pool import QueryReservoir, SeenIds
 from luma_pl.telemetry import safe_at_k as S
 from luma_pl.telemetry.functional import EPSILON_SOURCES
+from luma_pl.telemetry.resources import resident_set_bytes
 
 # window sums, all-reduced across ranks: one float64 vector in this order
 SUMS = ("queries", "hit", "recall", "mrr", "ndcg", "safe1", "safek", "crude1",
@@ -64,13 +71,21 @@ class StreamEvalConfig(StrictConfig):
     fresh_queries: int = 32
     """Queries per batch about this batch's events."""
     old_queries: int = 32
-    """Queries per batch about earlier events (uniform over all events seen so far)."""
+    """Queries per batch about earlier events (uniform over all events seen so far, drawn from the
+    ``query_pool`` reservoir)."""
+    query_pool: int = 65536
+    """Earlier events' queries kept for ``old_queries``: a uniform reservoir sample of every earlier
+    event (Algorithm R), so RAM and per-batch cost stay bounded however long the stream is."""
     window_batches: int = 4
     """Batches per reported point of the time series."""
     fit_bridge: bool = True
-    """Keep fitting the Procrustes bridge on the stream's anchor pairs (False: frozen bridge)."""
+    """Keep teaching the bridge on the stream's anchor pairs (False: frozen bridge). Procrustes
+    accumulates the pairs and refreshes every ``refresh_every``; a learned bridge takes one AdamW step
+    per batch at its ``bridge.lr``, starting from the checkpoint's optimizer state."""
     bridge_checkpoint: str | None = None
-    """A train.py checkpoint (loaded with weights_only=True) whose bridge starts the evaluation."""
+    """A train.py checkpoint (loaded with weights_only=True) whose bridge starts the evaluation: any
+    kind (Procrustes, learned linear / orthogonal / MLP), rebuilt from the checkpoint's own config
+    (the ``bridge`` argument only configures a Procrustes bridge started from scratch)."""
     epsilon_source: str = "interval"
     """ε of the certificate: 'interval' (drift over the last refresh), 'reference', 'frozen' (0; only
     valid with fit_bridge=False) or 'given' (``epsilon_value``)."""
@@ -91,6 +106,8 @@ class StreamEvalConfig(StrictConfig):
         require(self.fresh_queries >= 0 and self.old_queries >= 0, n, "fresh_queries/old_queries",
                 (self.fresh_queries, self.old_queries), "use counts >= 0")
         require(self.window_batches >= 1, n, "window_batches", self.window_batches, "use >= 1")
+        require(isinstance(self.query_pool, int) and self.query_pool >= 1, n, "query_pool", self.query_pool,
+                "use an int >= 1 (earlier queries kept, e.g. 65536)")
         require(self.epsilon_source in EPSILON_SOURCES, n, "epsilon_source", self.epsilon_source,
                 f"use one of {EPSILON_SOURCES}")
         require(not (self.epsilon_source == "frozen" and self.fit_bridge), n, "epsilon_source",
@@ -127,12 +144,6 @@ def load_checkpoint_safely(path: str, argument: str) -> dict:
     return ckpt
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class StreamEvaluator(pl.LightningModule):
     """Runs the evaluation in ``test_step``; ``trainer.test(evaluator, datamodule)`` drives it.
 
@@ -153,14 +164,14 @@ class StreamEvaluator(pl.LightningModule):
         self.save_hyperparameters({"eval": self.cfg.to_dict(), "bridge": self.bridge_cfg.to_dict(),
                                    "memory": self.memory_cfg.to_dict(),
                                    "admission": None if self.admission_cfg is None else self.admission_cfg.to_dict()})
-        self.bridge = StreamingProcrustes(self.bridge_cfg)
+        self.bridge = StreamingProcrustes(self.bridge_cfg)  # replaced by the checkpoint's bridge in setup
         self.memory = None
         self.admission = None
         self.series: list[dict] = []
 
     # --- set-up ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        rank, world = _world()
+        rank, world = rank_and_world()
         local = TieredMemory(self.memory_cfg, directory=None if self.memory_dir is None
                              else f"{self.memory_dir}/rank{rank}")
         self.memory = ShardedMemory(local) if world > 1 else local
@@ -172,18 +183,22 @@ class StreamEvaluator(pl.LightningModule):
                 # same batches), so answers are the same on every rank
                 self.prototypes = PrototypeIndex(self.admission, self.memory, directory=None if self.memory_dir is None
                                                  else f"{self.memory_dir}/rank{rank}/members")
+        optimizer_state = None
         if self.cfg.bridge_checkpoint:
+            arg = f"bridge_checkpoint={self.cfg.bridge_checkpoint!r}"
             ckpt = load_checkpoint_safely(self.cfg.bridge_checkpoint, "bridge_checkpoint")
             state = {k[len("bridge."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("bridge.")}
             if not state:
-                raise ValueError(f"bridge_checkpoint={self.cfg.bridge_checkpoint!r} holds no 'bridge.*' state; "
-                                 "pass a checkpoint written by train.py with a Procrustes bridge")
-            self.bridge.load_state_dict(state)
-            self.bridge.set_reference()  # the stored vectors are compared against this bridge
+                raise ValueError(f"{arg} holds no 'bridge.*' state; pass a checkpoint written by train.py")
+            self.bridge = bridge_from_state(state, arg)
+            opt = ckpt.get("optimizer_states")
+            if isinstance(opt, list) and len(opt) == 1 and isinstance(opt[0], dict):
+                optimizer_state = opt[0]  # a learned bridge keeps learning with its own Adam moments
+        self.stream_bridge = StreamBridge(self.bridge, learn=self.cfg.fit_bridge, optimizer_state=optimizer_state)
+        self.stream_bridge.set_reference()  # the stored vectors are compared against this bridge
         self._rng = np.random.default_rng(self.cfg.seed)
-        self._seen: set[int] = set()  # event ids ingested so far (replicated on every rank)
-        self._pool_a: list[np.ndarray] = []  # earlier events' source queries (n, d_s) chunks
-        self._pool_id: list[np.ndarray] = []
+        self._seen = SeenIds()  # event ids ingested so far (replicated on every rank)
+        self._pool = QueryReservoir(self.cfg.query_pool, self.stream_bridge.d_s)  # earlier events' queries
         self._reset_window()
         self._t0 = time.perf_counter()
         self._events = 0
@@ -196,12 +211,17 @@ class StreamEvaluator(pl.LightningModule):
 
     @property
     def local_memory(self) -> TieredMemory:
-        return getattr(self.memory, "local", self.memory)
+        return self.memory.shard
+
+    def stream_state(self) -> dict[str, int]:
+        """What the replay keeps about the events so far: ``seen_ids`` (distinct event ids ingested),
+        ``query_rows`` (rows of queries offered to the pool), ``query_pool`` (rows it holds now)."""
+        return {"seen_ids": len(self._seen), "query_rows": int(self._pool.seen), "query_pool": len(self._pool)}
 
     # --- one stream step ------------------------------------------------------------------------
     @torch.no_grad()
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        rank, world = _world()
+        rank, world = rank_and_world()
         cfg = self.cfg
         B = len(batch["key"])
         ids = batch_ids(batch)
@@ -211,15 +231,10 @@ class StreamEvaluator(pl.LightningModule):
         # skipped and counted, not inserted twice. Every rank sees every batch, so the check is
         # replicated (a set of the ids seen) and every rank's admission state stays identical.
         if B:
-            _, first = np.unique(ids, return_index=True)
-            dup = np.ones(B, bool)
-            dup[first] = False
-            dup |= np.fromiter((i in self._seen for i in ids.tolist()), bool, B)
-            dup &= item_ok
-            item_ok &= ~dup
-            self._seen.update(ids[item_ok].tolist())
+            fresh = self._seen.first_arrivals(ids, item_ok)
             if rank == 0:  # replicated counts are counted once (the window sums are all-reduced)
-                self._sums[SUMS.index("duplicates")] += int(dup.sum())
+                self._sums[SUMS.index("duplicates")] += int((item_ok & ~fresh).sum())
+            item_ok = fresh
 
         # 1. ingest (timed): every rank sees the same batch; each keeps the ids it owns
         t = time.perf_counter()
@@ -235,22 +250,23 @@ class StreamEvaluator(pl.LightningModule):
         if rank == 0:
             self._sums[SUMS.index("ingested")] += int(item_ok.sum())
 
-        # 2. bridge: this rank's share of the anchor pairs; fit_step all-reduces the increments
+        # 2. bridge: this rank's share of the anchor pairs; learning is a collective (Procrustes
+        # all-reduces its increments, a learned bridge its gradients)
         if cfg.fit_bridge:
             if B:
                 pair = has[cfg.source_space] & has[cfg.item_space]
                 pair[torch.arange(B) % world != rank] = False
                 s, c = emb[cfg.source_space][pair], emb[cfg.item_space][pair]
             else:
-                s = torch.zeros(0, self.bridge_cfg.d_s)
-                c = torch.zeros(0, self.bridge_cfg.d_c)
-            self.bridge.fit_step(s.double(), c.double())
+                s = torch.zeros(0, self.stream_bridge.d_s)
+                c = torch.zeros(0, self.stream_bridge.d_c)
+            self.stream_bridge.learn(s, c)
 
         # 3. queries: the same global selection on every rank, rows split by rank
         a, target, fresh = self._select_queries(batch, ids, B)
         mine = np.arange(len(target)) % world == rank
         a, target, fresh = a[mine], target[mine], fresh[mine]
-        if int(self.bridge.refreshes) > 0:  # a bridge that never refreshed maps nothing yet
+        if self.stream_bridge.ready():  # a Procrustes bridge that never refreshed maps nothing yet
             self._ask(a, target, fresh)
         elif world > 1:
             self._ask(a[:0], target[:0], fresh[:0])  # the sharded search is a collective
@@ -261,7 +277,7 @@ class StreamEvaluator(pl.LightningModule):
 
     def _select_queries(self, batch: dict, ids: np.ndarray, B: int):
         cfg = self.cfg
-        d_s = self.bridge_cfg.d_s
+        d_s = self.stream_bridge.d_s
         q_ok = batch["has"][cfg.query_space].numpy() if B else np.zeros(0, bool)
         qa = batch["emb"][cfg.query_space].numpy() if B else np.zeros((0, d_s), np.float32)
         fresh_rows = np.flatnonzero(q_ok)
@@ -269,16 +285,13 @@ class StreamEvaluator(pl.LightningModule):
         a = [qa[fresh_rows]]
         target = [ids[fresh_rows]]
         fresh = [np.ones(len(fresh_rows), bool)]
-        n_pool = sum(len(p) for p in self._pool_id)
-        if cfg.old_queries and n_pool:
-            pool_a, pool_id = np.concatenate(self._pool_a), np.concatenate(self._pool_id)
-            self._pool_a, self._pool_id = [pool_a], [pool_id]
-            pick = self._rng.integers(0, n_pool, size=min(cfg.old_queries, n_pool))
-            a.append(pool_a[pick])
-            target.append(pool_id[pick])
-            fresh.append(np.zeros(len(pick), bool))
-        self._pool_a.append(qa[q_ok])  # this batch's events become "earlier events" from the next step
-        self._pool_id.append(ids[q_ok])
+        if cfg.old_queries and len(self._pool):
+            old_a, old_id = self._pool.draw(cfg.old_queries, self._rng)
+            a.append(old_a)
+            target.append(old_id)
+            fresh.append(np.zeros(len(old_id), bool))
+        # this batch's events become "earlier events" from the next step
+        self._pool.offer(qa[q_ok], ids[q_ok], self._rng)
         return (np.concatenate(a).astype(np.float32), np.concatenate(target), np.concatenate(fresh))
 
     def _ask(self, a: np.ndarray, target: np.ndarray, fresh: np.ndarray) -> None:
@@ -303,7 +316,7 @@ class StreamEvaluator(pl.LightningModule):
         hit = per["hit_rate"]
         choice = S.choose_epsilon(self.bridge, cfg.epsilon_source, cfg.epsilon_value)
         eps_q = S.query_epsilon(choice, a_norm, u_norm)
-        rank, world = _world()
+        rank, world = rank_and_world()
         mode = cfg.certificate_distances
         if mode == "auto" or self.prototypes is not None:
             mode = "vectors" if world == 1 and self.prototypes is None else "cap"
@@ -324,7 +337,7 @@ class StreamEvaluator(pl.LightningModule):
         if self.prototypes is None:
             return self.memory.search(q, k, rescore=self.cfg.rescore, record_hits=True)
         # prototypes mode: exact scores of the probed clusters' members (ζ = 0). As with IVF's
-        # unprobed lists (DESIGN.md section 6), members of unprobed clusters are items the
+        # unprobed lists (docs/design.md section 6), members of unprobed clusters are items the
         # approximate search missed: outside the certificate, measured by the recall numbers.
         ids, scores = self.prototypes.search(q, k)
         valid = ids >= 0
@@ -334,7 +347,7 @@ class StreamEvaluator(pl.LightningModule):
     def _close_window(self) -> None:
         sums = torch.from_numpy(self._sums.copy())
         lat = np.asarray(self._lat, np.float64)
-        if dist.is_available() and dist.is_initialized():
+        if initialised():
             dist.all_reduce(sums)
         s = dict(zip(SUMS, sums.tolist(), strict=True))
         nq = max(s["queries"], 1.0)
@@ -357,6 +370,7 @@ class StreamEvaluator(pl.LightningModule):
                  "dropped": float(self.admission.prefilter.dropped) if self.admission is not None else 0.0,
                  "duplicates_skipped": s["duplicates"],
                  "prototype_members": float(self.prototypes.held()) if self.prototypes is not None else 0.0,
+                 "rss_mb": resident_set_bytes() / 2**20, "query_pool": float(len(self._pool)),
                  "wall_s": time.perf_counter() - self._t0}
         self.series.append(point)
         # straight to the loggers, stepped by replayed batches: a window can also close in
@@ -371,6 +385,7 @@ class StreamEvaluator(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         if self._batches % self.cfg.window_batches:
             self._close_window()
+        self.stream_bridge.finish()  # a learning Procrustes bridge refreshes on its last pairs
 
     def on_test_end(self) -> None:
         # written here, not by the caller: under a spawning launcher only the workers hold the series
@@ -380,7 +395,8 @@ class StreamEvaluator(pl.LightningModule):
         if self.cfg.report_dir is None or not self.trainer.is_global_zero:
             return
         self.report_paths = write_report(self.series, self.summary, self.cfg.report_dir, extra={
-            "config": {"eval": self.cfg.to_dict(), "bridge": self.bridge_cfg.to_dict(),
+            "config": {"eval": self.cfg.to_dict(), "bridge_kind": self.stream_bridge.kind,
+                       "bridge": self.bridge.config.to_dict(),
                        "memory": self.memory_cfg.to_dict(), "world_size": self.trainer.world_size}})
         for logger in self.trainer.loggers:
             if type(logger).__name__ == "WandbLogger":

@@ -19,7 +19,7 @@ import numpy as np
 
 from luma_pl.memory.config import MemoryConfig
 from luma_pl.memory.originals import OriginalsStore, _fsync_dir, write_json_atomic
-from luma_pl.memory.tiered import COUNTERS, TieredMemory
+from luma_pl.memory.tiered import TieredMemory
 
 FORMAT_VERSION = 1
 
@@ -34,19 +34,20 @@ def _arrays(memory: TieredMemory) -> dict[str, np.ndarray]:
         "warm_index": w.index_bytes(),
         "warm_buf_ids": w.buf_ids,
         "warm_buf_vecs": w.buf_vecs,
-        "warm_recent": np.asarray(list(w._recent), dtype=np.float32),
+        "warm_recent": w.recent_zeta(),
         "ids": memory.ids[:n],
         "locations": memory.locations[:n],
         "hits": memory.hits[:n],
         "last_access": memory.last_access[:n],
         "zeta": memory.zeta[:n],
+        "labels": memory.labels[:n],
         "retrain_keys": memory.retrain_keys,
     }
 
 
 _ARRAY_NAMES = ("hot_index", "hot_ids", "hot_live", "warm_index", "warm_buf_ids", "warm_buf_vecs", "warm_recent",
                 "ids", "locations", "hits", "last_access", "zeta")
-_OPTIONAL_ARRAYS = ("retrain_keys",)  # absent from snapshots written before background retraining
+_OPTIONAL_ARRAYS = ("retrain_keys", "labels")  # absent from snapshots written before these were kept
 
 
 def _scalars(memory: TieredMemory) -> dict:
@@ -64,35 +65,6 @@ def _scalars(memory: TieredMemory) -> dict:
 
 def _crc(a: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(a).tobytes())
-
-
-def _restore(memory: TieredMemory, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    """Fill a fresh memory (whose originals already hold ``num_keys`` rows) and audit it."""
-    n = int(meta["num_keys"])
-    for name in ("ids", "locations", "hits", "last_access", "zeta"):
-        if len(arrays[name]) != n:
-            raise ValueError(f"saved memory is inconsistent: {name} has {len(arrays[name])} rows, expected {n}")
-    if memory.originals.rows != n:
-        raise ValueError(f"saved memory is inconsistent: originals hold {memory.originals.rows} rows, expected {n}")
-    memory._grow(n)
-    for name in ("ids", "locations", "hits", "last_access", "zeta"):
-        getattr(memory, name)[:n] = arrays[name]
-    live = np.flatnonzero(arrays["locations"] < 4)
-    memory.key_of = dict(zip(arrays["ids"][live].tolist(), live.tolist(), strict=True))
-    memory.counters = {**COUNTERS, **{k: int(v) for k, v in meta["counters"].items()}}
-    memory.hot.restore(arrays["hot_index"], arrays["hot_ids"], arrays["hot_live"], meta["hot_rebuilds"])
-    memory.warm.restore(arrays["warm_index"], arrays["warm_buf_ids"], arrays["warm_buf_vecs"],
-                        arrays["warm_recent"], meta["warm_train_zeta_mean"], meta["warm_trainings"])
-    memory._zeta_max = None
-    memory.audit()
-    # a background retraining that was running when the memory was saved starts again on the same
-    # sample and is installed at the same insert, so the loaded memory continues as the saved one would
-    keys = np.asarray(arrays.get("retrain_keys", np.empty(0, np.int64)), np.int64)
-    at = int(meta.get("retrain_at", -1))
-    if len(keys) and at >= 0:
-        if len(keys) > n or (len(keys) and (keys.min() < 0 or keys.max() >= n)):
-            raise ValueError(f"saved memory is inconsistent: retrain_keys point outside its {n} keys")
-        memory._start_retrain(keys, at)
 
 
 def save(memory: TieredMemory, path: str) -> None:
@@ -206,7 +178,7 @@ def load(path: str, directory: str | None = None) -> TieredMemory:
         memory.originals.close()
         OriginalsStore(path, cfg.dim).copy_committed_to(memory.directory)
         memory.originals = OriginalsStore(memory.directory, cfg.dim)
-        _restore(memory, arrays, meta)
+        memory.restore_state(arrays, meta)
     except (KeyError, TypeError, ValueError, AssertionError, RuntimeError) as err:
         memory.close()
         raise ValueError(f"{where} is inconsistent: {err}; restore an older snapshot or rebuild the memory") from err
@@ -226,5 +198,5 @@ def from_state_dict(state: dict, directory: str | None = None) -> TieredMemory:
     cfg = MemoryConfig.from_dict(meta["config"])
     memory = TieredMemory(cfg, directory=directory)
     memory.originals.append(arrays.pop("originals").astype(np.float32).reshape(-1, cfg.dim))
-    _restore(memory, arrays, meta)
+    memory.restore_state(arrays, meta)
     return memory

@@ -81,7 +81,7 @@ class HotWhileRoom(NewestFirstLRU):
     rebuild and a demotion per item), so ingest costs what the final tier of each item costs."""
 
     def admit_hot(self, memory: TieredMemory, keys: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-        room = max(0, memory._hot_capacity() - len(memory.hot))
+        room = max(0, memory.hot_capacity() - len(memory.hot))
         take = np.zeros(len(keys), dtype=bool)
         if room:
             take[-room:] = True

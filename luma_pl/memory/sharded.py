@@ -47,15 +47,51 @@ def allgather_bytes(blob: np.ndarray, group=None) -> list[np.ndarray]:
 
 
 class ShardedMemory:
+    """One memory over the ranks of a process group: rank r holds the ids with ``shard_of(id) == r``
+    in its own ``TieredMemory`` (``shard``). The Memory protocol as ``TieredMemory`` has it:
+    ``insert`` / ``evict`` / ``promote`` / ``demote`` keep or act on this rank's share (not
+    collectives: every rank passes the same ids), ``search`` and ``len`` are collectives,
+    ``distributed`` is True (this rank's ``shard`` lacks the other ranks' vectors)."""
+
+    distributed = True
+
     def __init__(self, local: TieredMemory, group=None):
-        self.local = local
+        self.shard = local
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
 
+    @property
+    def cfg(self):
+        return self.shard.cfg
+
+    @property
+    def dim(self) -> int:
+        return self.shard.dim
+
+    def hot_capacity(self) -> int:
+        """Most items this rank's empty hot tier holds."""
+        return self.shard.hot_capacity()
+
+    def promote(self, ids) -> int:
+        """Promote this rank's share of ``ids``; return how many. Not a collective."""
+        ids = np.asarray(ids, np.int64)
+        mine = self.owns(ids)
+        if mine.any():
+            self.shard.promote(ids[mine])
+        return int(mine.sum())
+
+    def demote(self, ids) -> int:
+        """Demote this rank's share of ``ids``; return how many. Not a collective."""
+        ids = np.asarray(ids, np.int64)
+        mine = self.owns(ids)
+        if mine.any():
+            self.shard.demote(ids[mine])
+        return int(mine.sum())
+
     def __len__(self) -> int:
         """Live items over all shards. A collective (one all-reduce): every rank must call it."""
-        n = torch.tensor([len(self.local)], dtype=torch.int64)
+        n = torch.tensor([len(self.shard)], dtype=torch.int64)
         dist.all_reduce(n, group=self.group)
         return int(n.item())
 
@@ -67,7 +103,8 @@ class ShardedMemory:
         ids = np.asarray(ids)
         mine = self.owns(ids)
         if mine.any():
-            self.local.insert(ids[mine], np.asarray(vectors)[mine], **kwargs)
+            per_item = {k: np.asarray(v)[mine] for k, v in kwargs.items() if k in ("hot", "labels") and v is not None}
+            self.shard.insert(ids[mine], np.asarray(vectors)[mine], **{**kwargs, **per_item})
         return int(mine.sum())
 
     def evict(self, ids) -> int:
@@ -76,7 +113,7 @@ class ShardedMemory:
         ids = np.asarray(ids)
         mine = self.owns(ids)
         if mine.any():
-            self.local.evict(ids[mine])
+            self.shard.evict(ids[mine])
         return int(mine.sum())
 
     def _all_gather(self, t: torch.Tensor) -> torch.Tensor:
@@ -86,19 +123,19 @@ class ShardedMemory:
 
     def search(self, queries, k: int, **kwargs) -> SearchResult:
         """Collective: every rank must call it (with 0 queries if it has none)."""
-        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.local.cfg.dim))
+        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.shard.cfg.dim))
         counts = self._all_gather(torch.tensor([len(q)], dtype=torch.int64)).view(-1).tolist()
         qmax = max(counts)
         padded = np.zeros((qmax, q.shape[1]), dtype=np.float32)
         padded[: len(q)] = q
         every = self._all_gather(torch.from_numpy(padded)).view(-1, q.shape[1]).numpy()  # (world*qmax, d)
-        res = self.local.search(every, k, **kwargs) if qmax else None
+        res = self.shard.search(every, k, **kwargs) if qmax else None
         shape = (self.world * qmax, k)
         ids = res.ids if res else np.empty(shape, np.int64)
         scores = res.scores if res else np.empty(shape, np.float32)
         tiers = res.tiers.astype(np.int64) if res else np.empty(shape, np.int64)
         zeta = res.zeta if res else np.empty(shape, np.float32)
-        zmax = res.zeta_max if res else self.local.zeta_max
+        zmax = res.zeta_max if res else self.shard.zeta_max
         rescored = kwargs.get("rescore", True)
         floor = res.pq_floor if res is not None and res.pq_floor is not None else np.full(self.world * qmax, -np.inf, np.float32)
         # gather every shard's answers: (world shards, world*qmax queries, k)

@@ -96,6 +96,7 @@ class TieredMemory:
         self.hits = np.zeros(cap, dtype=np.int64)  # (keys,) appearances in returned top-k
         self.last_access = np.zeros(cap, dtype=np.int64)  # (keys,) tick of insert or last hit
         self.zeta = np.zeros(cap, dtype=np.float32)  # (keys,) PQ error; 0 while exact
+        self.labels = np.full(cap, -1, dtype=np.int64)  # (keys,) the inserter's group label (-1: none)
         self.key_of: dict[int, int] = {}  # external id -> current key
         self.counters = dict(COUNTERS)
         self._zeta_max: float | None = 0.0
@@ -162,11 +163,58 @@ class TieredMemory:
         if need <= cap:
             return
         new = max(need, 2 * cap)
-        for name, fill in (("ids", 0), ("locations", REPLACED), ("hits", 0), ("last_access", 0), ("zeta", 0)):
+        for name, fill in (("ids", 0), ("locations", REPLACED), ("hits", 0), ("last_access", 0), ("zeta", 0),
+                           ("labels", -1)):
             old = getattr(self, name)
             arr = np.full(new, fill, dtype=old.dtype)
             arr[:cap] = old
             setattr(self, name, arr)
+
+    def restore_state(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        """Fill this fresh memory (whose originals already hold ``meta['num_keys']`` rows) from the
+        arrays and scalars ``luma_pl.memory.persistence`` saved, then ``audit()`` it. A background
+        retraining that was running when the memory was saved starts again on the same sample and is
+        installed at the same insert, so the loaded memory continues as the saved one would."""
+        n = int(meta["num_keys"])
+        for name in ("ids", "locations", "hits", "last_access", "zeta"):
+            if len(arrays[name]) != n:
+                raise ValueError(f"saved memory is inconsistent: {name} has {len(arrays[name])} rows, expected {n}")
+        if self.originals.rows != n:
+            raise ValueError(f"saved memory is inconsistent: originals hold {self.originals.rows} rows, expected {n}")
+        self._grow(n)
+        for name in ("ids", "locations", "hits", "last_access", "zeta"):
+            getattr(self, name)[:n] = arrays[name]
+        labels = np.asarray(arrays.get("labels", np.full(n, -1)), np.int64)  # absent before labels were kept
+        if len(labels) != n:
+            raise ValueError(f"saved memory is inconsistent: labels has {len(labels)} rows, expected {n}")
+        self.labels[:n] = labels
+        live = np.flatnonzero(arrays["locations"] < 4)
+        self.key_of = dict(zip(arrays["ids"][live].tolist(), live.tolist(), strict=True))
+        self.counters = {**COUNTERS, **{k: int(v) for k, v in meta["counters"].items()}}
+        self.hot.restore(arrays["hot_index"], arrays["hot_ids"], arrays["hot_live"], meta["hot_rebuilds"])
+        self.warm.restore(arrays["warm_index"], arrays["warm_buf_ids"], arrays["warm_buf_vecs"],
+                          arrays["warm_recent"], meta["warm_train_zeta_mean"], meta["warm_trainings"])
+        self._zeta_max = None
+        self.audit()
+        keys = np.asarray(arrays.get("retrain_keys", np.empty(0, np.int64)), np.int64)
+        at = int(meta.get("retrain_at", -1))
+        if len(keys) and at >= 0:
+            if len(keys) > n or keys.min() < 0 or keys.max() >= n:
+                raise ValueError(f"saved memory is inconsistent: retrain_keys point outside its {n} keys")
+            self._start_retrain(keys, at)
+
+    # ------------------------------------------------------------------ the Memory protocol
+    distributed = False
+    """Its search is a collective over ranks that each hold a share (``ShardedMemory``): no."""
+
+    @property
+    def shard(self) -> TieredMemory:
+        """The part of the memory this process holds: all of it."""
+        return self
+
+    @property
+    def dim(self) -> int:
+        return int(self.cfg.dim)
 
     def keys_in(self, location: int) -> np.ndarray:
         """Keys currently at ``location`` (ascending = oldest first)."""
@@ -184,15 +232,28 @@ class TieredMemory:
         return len(self.hot) + len(self.warm)
 
     # ------------------------------------------------------------------ insertion
-    def insert(self, ids, vectors, tier: str | None = None, upsert: bool = False) -> None:
-        """Admit (n,) ids with (n, d) unit vectors. ``tier`` None lets the policy choose; 'hot' or
-        'warm' forces it. An id already known (live or evicted) is an error unless ``upsert``."""
+    def insert(self, ids, vectors, tier: str | None = None, upsert: bool = False, hot=None, labels=None) -> None:
+        """Admit (n,) ids with (n, d) unit vectors. Where each goes: ``hot``, an (n,) bool mask, is
+        the caller's admission decision (True: hot, False: warm); else ``tier`` 'hot' or 'warm' for
+        all; else (both None) ``policy.admit_hot`` chooses. ``labels`` (n,) int64: each item's group
+        (a cluster label, -1 none), kept per key (``labels``) for the policy's victim ranking before
+        anything moves. An id already known (live or evicted) is an error unless ``upsert``."""
         ids = self._check_ids(ids)
         x = self._check_vectors(vectors, len(ids))
         if tier not in (None, "hot", "warm"):
             raise ValueError(f"tier={tier!r} is invalid; use None (policy decides), 'hot' or 'warm'")
-        if tier == "hot" and len(ids) > self._hot_capacity():  # checked before anything changes
-            raise ValueError(f"tier='hot' with {len(ids)} items but the hot budget holds {self._hot_capacity()}; "
+        if hot is not None:
+            if tier is not None:
+                raise ValueError(f"tier={tier!r} and a hot mask were both given; pass one of them")
+            hot = np.asarray(hot)
+            if hot.shape != ids.shape or hot.dtype != bool:
+                raise ValueError(f"hot has shape {hot.shape} and dtype {hot.dtype}; pass an ({len(ids)},) bool mask")
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != ids.shape or not np.issubdtype(labels.dtype, np.integer):
+                raise ValueError(f"labels has shape {labels.shape} and dtype {labels.dtype}; pass ({len(ids)},) ints")
+        if tier == "hot" and len(ids) > self.hot_capacity():  # checked before anything changes
+            raise ValueError(f"tier='hot' with {len(ids)} items but the hot budget holds {self.hot_capacity()}; "
                              "insert fewer or use tier=None")
         old = self._lookup(ids)
         old = old[old >= 0]
@@ -210,21 +271,24 @@ class TieredMemory:
         self.ids[keys] = ids
         self.hits[keys] = 0
         self.last_access[keys] = self.counters["tick"]
+        self.labels[keys] = -1 if labels is None else labels
         self.key_of.update(zip(ids.tolist(), keys.tolist(), strict=True))
         self.counters["inserted"] += len(ids)
-        if tier is None:
+        if hot is not None:
+            to_hot = hot.copy()
+        elif tier is None:
             to_hot = np.asarray(self.policy.admit_hot(self, keys, x), dtype=bool)
         else:
             to_hot = np.full(len(ids), tier == "hot")
         hot_keys = keys[to_hot]
-        fit = self._hot_capacity()
+        fit = self.hot_capacity()
         spill = hot_keys[: max(0, len(hot_keys) - fit)]  # newest-first: the batch's earliest spill
         self._to_warm(np.concatenate([keys[~to_hot], spill]), x[np.concatenate([np.flatnonzero(~to_hot), np.flatnonzero(to_hot)[: len(spill)]])])
         keep = np.flatnonzero(to_hot)[len(spill):]
         self._to_hot(keys[keep], x[keep])
         self._after_warm_change()
 
-    def _hot_capacity(self) -> int:
+    def hot_capacity(self) -> int:
         """Most items an empty hot tier holds under both budgets."""
         by_bytes = int(self.cfg.hot_max_bytes // self.hot.bytes_per_new_row())
         return max(0, min(self.cfg.hot_max_items, by_bytes))
@@ -362,8 +426,8 @@ class TieredMemory:
     def promote(self, ids) -> None:
         """Move warm/buffer ids to hot with their exact originals (LRU hot items are demoted)."""
         keys = self._keys_of(ids, (WARM, BUFFER), "promote")
-        if len(keys) > self._hot_capacity():
-            raise ValueError(f"cannot promote {len(keys)} ids: the hot budget holds {self._hot_capacity()}")
+        if len(keys) > self.hot_capacity():
+            raise ValueError(f"cannot promote {len(keys)} ids: the hot budget holds {self.hot_capacity()}")
         self._remove_keys(keys)
         self.locations[keys] = REPLACED  # in transit: neither tier nor victim candidate
         self._to_hot(keys, self.originals.get(keys))
@@ -389,7 +453,7 @@ class TieredMemory:
         calling this method; use one of the two, not both, or they fight over the hot tier."""
         keys = np.concatenate([self.keys_in(WARM), self.keys_in(BUFFER)])
         keys = keys[self.hits[keys] >= self.cfg.promote_min_hits]
-        keys = keys[np.argsort(-self.hits[keys], kind="stable")][: max(1, self._hot_capacity() // 2)]
+        keys = keys[np.argsort(-self.hits[keys], kind="stable")][: max(1, self.hot_capacity() // 2)]
         if len(keys):
             self.promote(self.ids[keys])
         return len(keys)

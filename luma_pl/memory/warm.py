@@ -292,6 +292,10 @@ class WarmTier:
         return scores, ids
 
     # -- persistence ---------------------------------------------------------------------------
+    def recent_zeta(self) -> np.ndarray:
+        """The window of recent PQ errors that decides a drift retraining (float32, oldest first)."""
+        return np.asarray(list(self._recent), dtype=np.float32)
+
     def index_bytes(self) -> np.ndarray:
         if self.index is None:
             return np.empty(0, dtype=np.uint8)

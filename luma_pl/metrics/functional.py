@@ -1,4 +1,4 @@
-"""Retrieval metrics over a score matrix (DESIGN.md section 7).
+"""Retrieval metrics over a score matrix (docs/design.md section 7).
 
 Inputs: ``scores`` (Q, I) — query x item scores, higher is better; ``relevance`` (Q, I) — bool
 (relevant or not) or float gains (graded relevance, 0 = not relevant). Ranking is by descending

@@ -2,6 +2,6 @@
 
 from luma_pl.modules.bridge_module import ClosedFormDDPStrategy, ProcrustesBridgeModule
 from luma_pl.modules.common import BridgeModuleConfig
-from luma_pl.modules.learned_bridge_module import LearnedBridgeModule, OptimConfig
+from luma_pl.modules.learned_bridge_module import LearnedBridgeModule
 
-__all__ = ["BridgeModuleConfig", "ClosedFormDDPStrategy", "LearnedBridgeModule", "OptimConfig", "ProcrustesBridgeModule"]
+__all__ = ["BridgeModuleConfig", "ClosedFormDDPStrategy", "LearnedBridgeModule", "ProcrustesBridgeModule"]

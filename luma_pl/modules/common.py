@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from luma_pl.bridge.distributed import gather_rows
 from luma_pl.configuration import StrictConfig, as_config, require  # noqa: F401 (as_config re-exported)
 from luma_pl.metrics import build
+from luma_pl.ranks import rank_and_world
 
 _MODALITY = {"txt": "text", "jpg": "image", "png": "image", "flac": "audio", "wav": "audio"}
 
@@ -95,13 +96,11 @@ class BridgeModuleBase(LightningModule):
     def setup(self, stage: str) -> None:
         if getattr(self, "memory_cfg", None) is None or self.memory is not None:
             return
-        import torch.distributed as dist
 
         from luma_pl.memory import TieredMemory
         from luma_pl.memory.sharded import ShardedMemory
 
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        rank = dist.get_rank() if world > 1 else 0
+        rank, world = rank_and_world()
         folder = None if self.memory_dir is None else f"{self.memory_dir}/rank{rank}"
         local = TieredMemory(self.memory_cfg, directory=folder)
         self.memory = ShardedMemory(local) if world > 1 else local

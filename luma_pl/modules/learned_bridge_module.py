@@ -7,50 +7,32 @@ batches return a zero loss wired to every parameter, so DDP's gradient all-reduc
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
 
 from luma_pl.bridge.learned import LearnedBridge, LearnedBridgeConfig
-from luma_pl.configuration import StrictConfig, require
 from luma_pl.memory import MemoryConfig
 from luma_pl.modules.common import BridgeModuleBase, BridgeModuleConfig, as_config
 
 
-@dataclasses.dataclass
-class OptimConfig(StrictConfig):
-    lr: float = 1e-3
-    """AdamW learning rate."""
-    weight_decay: float = 0.0
-    """AdamW weight decay (not applied to the temperature)."""
-
-    def validate(self) -> None:
-        require(self.lr > 0, "OptimConfig", "lr", self.lr, "use a positive learning rate")
-        require(self.weight_decay >= 0, "OptimConfig", "weight_decay", self.weight_decay, "use >= 0")
-
-
 class LearnedBridgeModule(BridgeModuleBase):
     def __init__(self, bridge: LearnedBridgeConfig | dict | None = None, module: BridgeModuleConfig | dict | None = None,
-                 optim: OptimConfig | dict | None = None, encoders: dict | None = None,
+                 encoders: dict | None = None,
                  memory: MemoryConfig | dict | None = None, memory_dir: str | None = None) -> None:
         super().__init__()
         bcfg = as_config(LearnedBridgeConfig, bridge)
         self.cfg = as_config(BridgeModuleConfig, module)
-        self.optim = as_config(OptimConfig, optim)
         self.bridge = LearnedBridge(bcfg)
         self.dims = {self.cfg.source_space: bcfg.d_s, self.cfg.query_space: bcfg.d_s,
                      self.cfg.canonical_space: bcfg.d_c, self.cfg.item_space: bcfg.d_c}
         self._set_encoders(encoders)
         self._set_memory(memory, memory_dir)
-        self.save_init_hparams(bridge=bcfg.to_dict(), module=self.cfg.to_dict(), optim=self.optim.to_dict())
+        self.save_init_hparams(bridge=bcfg.to_dict(), module=self.cfg.to_dict())
 
     def configure_optimizers(self):
-        decay = [p for n, p in self.bridge.named_parameters() if p.requires_grad and n != "log_scale"]
-        groups = [{"params": decay, "weight_decay": self.optim.weight_decay}]
-        if self.bridge.log_scale.requires_grad:
-            groups.append({"params": [self.bridge.log_scale], "weight_decay": 0.0})
-        return torch.optim.AdamW(groups, lr=self.optim.lr)
+        # the bridge's own optimizer (one learning rate, bridge.lr): evaluate.py resumes its state
+        return self.bridge.make_optimizer()
 
     def on_train_start(self) -> None:
         if not bool(self.bridge.has_ref):  # the bridge at the start is what earlier vectors were made with

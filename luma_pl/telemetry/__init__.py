@@ -1,4 +1,4 @@
-"""Safe@k telemetry (DESIGN.md section 6): the certificate, its online audit and recall probes.
+"""Safe@k telemetry (docs/design.md section 6): the certificate, its online audit and recall probes.
 
 - ``functional``: the pure batched certificate (``certify``, ``normalised_epsilon``)
 - ``safe_at_k``: ε choice, bridging, certifying a memory search, the ``SafeAtK`` metric

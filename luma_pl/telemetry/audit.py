@@ -1,4 +1,4 @@
-"""Online audit of the Safe@k certificate (DESIGN.md section 6).
+"""Online audit of the Safe@k certificate (docs/design.md section 6).
 
 At every bridge refresh a fixed probe set of source queries is bridged again and re-ranked. The
 audit keeps, from the previous refresh, each probe's unit query ``q_prev`` and the ε_q its

@@ -1,4 +1,4 @@
-"""Safe@k certificate: the pure, batched core (DESIGN.md section 6).
+"""Safe@k certificate: the pure, batched core (docs/design.md section 6).
 
 Every function here is a function of its arguments (no state, no I/O). Inputs are batched over Q
 queries, each with C candidates sorted by observed score (best first).
@@ -27,7 +27,7 @@ so ``<f'(a), x_i - x_j> > 0`` (i stays above j) whenever
 
     ŝ_i - ŝ_j  >  ε_q ||x_i - x_j|| + ζ_i + ζ_j,      ε_q = D / ||u||.
 
-This is DESIGN's ``ŝ_i - ŝ_j > ε ||a|| ||x_i - x_j|| + ||q|| (ζ_i + ζ_j)`` divided by ``||u||``:
+This is docs/design.md's ``ŝ_i - ŝ_j > ε ||a|| ||x_i - x_j|| + ||q|| (ζ_i + ζ_j)`` divided by ``||u||``:
 with un-normalised scores (``q = u``) the ζ term carries ``||u||``; with the unit query used here
 the ε term is divided by ``||u||`` instead. ``ε_q`` is what ``normalised_epsilon`` returns. For the
 uncentred semi-orthogonal Procrustes bridge with d_c >= d_s (``WᵀW = I``), ``||u|| = ||a||`` and
@@ -48,7 +48,7 @@ every unreturned item y has ``ŝ_y <= ŝ_last`` (the last returned candidate's s
 
     ŝ_i - ŝ_last  >  2R ε_q + ζ_i + ζ_max.
 
-For unit items (R = 1) this is DESIGN's ``ŝ_i - ŝ_(k+1) > 2ε + ζ_i + ζ_max`` with the constants of
+For unit items (R = 1) this is docs/design.md's ``ŝ_i - ŝ_(k+1) > 2ε + ζ_i + ζ_max`` with the constants of
 the pairwise bound; comparing with ``ŝ_last`` (= ``ŝ_(k+1)`` when C = k + 1) is at least as tight,
 because candidates k+1..C are checked pairwise with their own distances. When the list is
 *complete* (the search returned every live item: fewer valid candidates than C) there is no

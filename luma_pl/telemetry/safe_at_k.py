@@ -30,7 +30,7 @@ class EpsilonChoice:
 
 
 def choose_epsilon(bridge, source: str = "interval", value: float | None = None) -> EpsilonChoice:
-    """ε for the certificate (DESIGN section 6).
+    """ε for the certificate (docs/design.md section 6).
 
     ``interval``: ``bridge.epsilon()`` = drift over the last refresh interval (the default: the drift
     the bridge is assumed to make next; the online audit checks that assumption). ``reference``:
