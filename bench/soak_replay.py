@@ -7,7 +7,7 @@ Not a test (minutes, not seconds): ``nice -n 10 python bench/soak_replay.py`` wr
 * **RAM**: RSS sampled from ``/proc/self/status`` (VmRSS, RssAnon, RssFile; no psutil) every
   ``--sample-every`` events, against a declared budget = RSS after start-up (interpreter, torch,
   faiss, the reader) + the memory's hot and warm byte budgets + the bookkeeping the memory keeps for
-  every id it ever admitted (``ITEM_BOOKKEEPING_BYTES`` per id; DESIGN: evicted ids stay known) +
+  every id it ever admitted (``ITEM_BOOKKEEPING_BYTES`` per id; docs/design.md section 4: evicted ids stay known) +
   a fixed slack for one replay batch and the query pool. The budget is stated before the run and
   the run fails (exit 1) if any sample exceeds it.
 * **Latency**: per-query search time (k=10, rescored) in the first and the last 5% of the stream,
