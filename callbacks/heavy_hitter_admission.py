@@ -62,7 +62,7 @@ class HeavyHitterAdmission(pl.Callback):
     the embedding space to admit; ``log``: log the counters every
     batch; ``prototype_dir``: prototypes mode, the folder of the member store (None = temporary)."""
 
-    def __init__(self, config: AdmissionConfig | dict | None = None, space: str = "minilm",
+    def __init__(self, config: AdmissionConfig | None = None, space: str = "minilm",
                  log: bool = True, prototype_dir: str | None = None):
         cfg = config if isinstance(config, AdmissionConfig) else AdmissionConfig.from_dict(config or {})
         cfg.validate()

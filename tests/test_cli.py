@@ -3,6 +3,7 @@ on real demo-format shards runs end to end and saves the resolved config as luma
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +41,25 @@ def test_every_config_instantiates(config, tmp_path):
     assert cli.model is not None and cli.datamodule is not None
 
 
-def test_unknown_key_rejected(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['lamda'\]"):
-        cli_main(["--config", str(DEFAULT), "--data.root", str(tmp_path),
-                  "--model.init_args.bridge.lamda", "0.9"], run=False)
+@pytest.mark.parametrize(("override", "expected"), [
+    (["--model.init_args.bridge.lamda", "0.9"], r"Option 'lamda' is not accepted"),
+    (["--model.init_args.bridge.lam", "nine"], r"lam.*nine"),
+    (["--model.init_args.memory.hot_max_items", "many"], r"hot_max_items.*many"),
+])
+def test_a_misspelled_or_ill_typed_key_is_rejected_when_the_config_is_parsed(tmp_path, capsys, override, expected):
+    """Typed config groups all the way down: the parser refuses the key before anything is built."""
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", str(DEFAULT), "--data.root", str(tmp_path), *override, "--print_config"])
+    err = capsys.readouterr().err
+    assert re.search(expected, err, re.S), err[-2000:]
+
+
+def test_a_dict_passed_in_python_is_still_checked():
+    from luma_pl.configuration import ConfigError
+    from luma_pl.modules import ProcrustesBridgeModule
+
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lamda'\]"):
+        ProcrustesBridgeModule(bridge={"d_s": 4, "d_c": 4, "lamda": 0.9})
 
 
 def _unit(rng, n, d):
@@ -72,3 +88,12 @@ def test_fit_on_demo_format_shards(tmp_path):
     assert float(metrics["val/recall@1"]) == pytest.approx(1.0)
     assert int(cli.model.bridge.pairs_total) == n
     assert list((tmp_path / "run").rglob(CONFIG_FILENAME)), "resolved config not saved with the run"
+    # train.py test: the trained bridge from the checkpoint, scored on the test stream
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    tested = cli_main(["test", "--config", str(DEFAULT), "--data.root", str(tmp_path / "shards"),
+                       "--trainer.default_root_dir", str(tmp_path / "test"), "--trainer.logger", "false",
+                       "--trainer.callbacks.dirpath", str(tmp_path / "test" / "checkpoints"),
+                       "--model.init_args.memory.pq_m", "64", "--trainer.enable_progress_bar", "false",
+                       "--ckpt_path", str(ckpt)])
+    tm = tested.trainer.callback_metrics
+    assert float(tm["test/recall@1"]) == pytest.approx(1.0) and float(tm["test/queries"]) == n

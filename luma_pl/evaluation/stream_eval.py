@@ -152,8 +152,8 @@ class StreamEvaluator(pl.LightningModule):
     report, see ``luma_pl.evaluation.report``).
     """
 
-    def __init__(self, eval: StreamEvalConfig | dict | None = None, bridge: ProcrustesConfig | dict | None = None,
-                 memory: MemoryConfig | dict | None = None, admission: AdmissionConfig | dict | None = None,
+    def __init__(self, eval: StreamEvalConfig | None = None, bridge: ProcrustesConfig | None = None,
+                 memory: MemoryConfig | None = None, admission: AdmissionConfig | None = None,
                  memory_dir: str | None = None) -> None:
         super().__init__()
         self.cfg = as_config(StreamEvalConfig, eval)

@@ -20,8 +20,8 @@ from luma_pl.modules.common import BridgeModuleBase, BridgeModuleConfig, as_conf
 
 
 class ProcrustesBridgeModule(BridgeModuleBase):
-    def __init__(self, bridge: ProcrustesConfig | dict | None = None, module: BridgeModuleConfig | dict | None = None,
-                 encoders: dict | None = None, memory: MemoryConfig | dict | None = None, memory_dir: str | None = None) -> None:
+    def __init__(self, bridge: ProcrustesConfig | None = None, module: BridgeModuleConfig | None = None,
+                 encoders: dict | None = None, memory: MemoryConfig | None = None, memory_dir: str | None = None) -> None:
         super().__init__()
         bcfg = as_config(ProcrustesConfig, bridge)
         self.cfg = as_config(BridgeModuleConfig, module)

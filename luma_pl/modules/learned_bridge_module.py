@@ -17,9 +17,9 @@ from luma_pl.modules.common import BridgeModuleBase, BridgeModuleConfig, as_conf
 
 
 class LearnedBridgeModule(BridgeModuleBase):
-    def __init__(self, bridge: LearnedBridgeConfig | dict | None = None, module: BridgeModuleConfig | dict | None = None,
+    def __init__(self, bridge: LearnedBridgeConfig | None = None, module: BridgeModuleConfig | None = None,
                  encoders: dict | None = None,
-                 memory: MemoryConfig | dict | None = None, memory_dir: str | None = None) -> None:
+                 memory: MemoryConfig | None = None, memory_dir: str | None = None) -> None:
         super().__init__()
         bcfg = as_config(LearnedBridgeConfig, bridge)
         self.cfg = as_config(BridgeModuleConfig, module)
