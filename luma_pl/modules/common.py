@@ -160,6 +160,7 @@ class BridgeModuleBase(LightningModule):
     def bridge_ready(self) -> bool:
         return True
 
+    # --- retrieval on a held-out stream: validation in fit, and `train.py test` (same metrics) ---
     def on_validation_epoch_start(self) -> None:
         self._val_q, self._val_pos, self._val_other = [], [], []
         self._val_without_queries = 0
@@ -183,8 +184,22 @@ class BridgeModuleBase(LightningModule):
         self._val_other.append(x[hx & ~hq].float())  # items with no query: distractors
 
     def on_validation_epoch_end(self) -> None:
+        self._log_retrieval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """``train.py test --ckpt_path <ckpt>``: the trained bridge's retrieval on the test stream
+        (``data.root``), logged as ``test/*``; the streaming replay with memory is evaluate.py."""
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_retrieval("test")
+
+    def _log_retrieval(self, stage: str) -> None:
         if self._val_without_queries:
-            rank_zero_warn(f"validation: {self._val_without_queries} batch(es) have no emb[{self.cfg.query_space!r}] "
+            rank_zero_warn(f"{stage}: {self._val_without_queries} batch(es) have no emb[{self.cfg.query_space!r}] "
                            f"or emb[{self.cfg.item_space!r}], so they were not validated; point data.val_root at shards "
                            "with validation queries, or set trainer.limit_val_batches=0 to skip validation")
         if not self.bridge_ready():  # e.g. Procrustes before its first refresh: same on every rank
@@ -209,6 +224,6 @@ class BridgeModuleBase(LightningModule):
         for name, m in metrics.items():
             value = m.compute()  # sums are all-reduced across ranks inside compute()
             if not torch.isnan(value):
-                self.log(f"val/{name}", value.float(), sync_dist=False, rank_zero_only=False)
+                self.log(f"{stage}/{name}", value.float(), sync_dist=False, rank_zero_only=False)
         # the per-rank count, summed over ranks (compute() above syncs the states only transiently)
-        self.log("val/queries", float(metrics[next(iter(metrics))].count), sync_dist=True, reduce_fx="sum")
+        self.log(f"{stage}/queries", float(metrics[next(iter(metrics))].count), sync_dist=True, reduce_fx="sum")
