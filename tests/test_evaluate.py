@@ -60,6 +60,11 @@ def test_evaluate_single_process_report_plots_and_wandb(tmp_path):
     assert summary["epsilon_source"] == "interval" and summary["epsilon_last"] > 0
     report = json.loads((tmp_path / "run" / "report" / "report.json").read_text())
     assert report["summary"]["recall@5"] == summary["recall@5"] and len(report["series"]) == 5
+    # per-query latency: 8 single-query probes per batch once the bridge maps, pooled over the run
+    samples = [p["latency_samples"] for p in report["series"]]
+    assert summary["latency_samples"] == sum(samples) and 0 < sum(samples) <= 8 * 10
+    assert 0 < summary["latency_p50_ms"] <= summary["latency_p99_ms"] < 1e3
+    assert np.isfinite(summary["search_ms_per_query"])
     for png in ("recall_over_time", "memory_over_time", "safe_at_k_over_time", "latency_over_time"):
         assert (tmp_path / "run" / "report" / f"{png}.png").stat().st_size > 1000
     runs = list(wandb_dir.glob("wandb/offline-run-*/run-*.wandb"))

@@ -48,6 +48,7 @@ from luma_pl.stream.ids import batch_ids
 from luma_pl.stream.pool import QueryReservoir, SeenIds
 from luma_pl.telemetry import safe_at_k as S
 from luma_pl.telemetry.functional import EPSILON_SOURCES
+from luma_pl.telemetry.latency import LatencyHistogram, quantile
 from luma_pl.telemetry.resources import resident_set_bytes
 
 # window sums, all-reduced across ranks: one float64 vector in this order
@@ -78,6 +79,11 @@ class StreamEvalConfig(StrictConfig):
     event (Algorithm R), so RAM and per-batch cost stay bounded however long the stream is."""
     window_batches: int = 4
     """Batches per reported point of the time series."""
+    latency_probes: int = 8
+    """Queries per batch also searched one at a time, each timed on its own: the per-query latency
+    percentiles (``latency_p50_ms``/``latency_p99_ms``) are of these samples, pooled over the run in
+    a log-binned histogram (1.2% resolution). 0: no probes (the batched time per query is still
+    reported as ``search_ms_per_query``)."""
     fit_bridge: bool = True
     """Keep teaching the bridge on the stream's anchor pairs (False: frozen bridge). Procrustes
     accumulates the pairs and refreshes every ``refresh_every``; a learned bridge takes one AdamW step
@@ -106,6 +112,7 @@ class StreamEvalConfig(StrictConfig):
         require(self.fresh_queries >= 0 and self.old_queries >= 0, n, "fresh_queries/old_queries",
                 (self.fresh_queries, self.old_queries), "use counts >= 0")
         require(self.window_batches >= 1, n, "window_batches", self.window_batches, "use >= 1")
+        require(self.latency_probes >= 0, n, "latency_probes", self.latency_probes, "use a count >= 0, e.g. 8")
         require(isinstance(self.query_pool, int) and self.query_pool >= 1, n, "query_pool", self.query_pool,
                 "use an int >= 1 (earlier queries kept, e.g. 65536)")
         require(self.epsilon_source in EPSILON_SOURCES, n, "epsilon_source", self.epsilon_source,
@@ -199,6 +206,7 @@ class StreamEvaluator(pl.LightningModule):
         self._rng = np.random.default_rng(self.cfg.seed)
         self._seen = SeenIds()  # event ids ingested so far (replicated on every rank)
         self._pool = QueryReservoir(self.cfg.query_pool, self.stream_bridge.d_s)  # earlier events' queries
+        self._latency = LatencyHistogram()  # the run's per-query latencies (all ranks, all windows)
         self._reset_window()
         self._t0 = time.perf_counter()
         self._events = 0
@@ -206,7 +214,8 @@ class StreamEvaluator(pl.LightningModule):
 
     def _reset_window(self) -> None:
         self._sums = np.zeros(len(SUMS), np.float64)
-        self._lat: list[float] = []
+        self._lat: list[float] = []  # batched search time / queries, per batch
+        self._probe_lat = LatencyHistogram()  # this window's single-query latencies, this rank
         self._ingest_s = 0.0
 
     @property
@@ -303,6 +312,7 @@ class StreamEvaluator(pl.LightningModule):
         res = self._search(q.numpy(), k + 1)
         if len(a):
             self._lat.append((time.perf_counter() - t) / len(a))
+        self._probe_latency(q.numpy(), k + 1)
         if not len(a):
             return
         # metrics through the functional core: the k returned ranks as descending scores, plus one
@@ -333,6 +343,21 @@ class StreamEvaluator(pl.LightningModule):
             sums[SUMS.index(name)] += float(v)
         self._eps_used = (choice.value, choice.source)
 
+    def _probe_latency(self, q: np.ndarray, k: int) -> None:
+        """Search ``latency_probes`` of this batch's queries one at a time, timing each. Under DDP the
+        sharded search is a collective, so every rank makes the same number of calls (a rank short
+        of queries searches a zero row, untimed); only a ready bridge asks anything (replicated)."""
+        if not self.cfg.latency_probes or not self.stream_bridge.ready():
+            return
+        world = rank_and_world()[1]
+        n = self.cfg.latency_probes if world > 1 else min(self.cfg.latency_probes, len(q))
+        for i in range(n):
+            row = q[i % len(q)][None] if len(q) else np.zeros((1, q.shape[1]), np.float32)
+            t = time.perf_counter()
+            self._search(row, k)
+            if len(q):
+                self._probe_lat.add(time.perf_counter() - t)
+
     def _search(self, q: np.ndarray, k: int) -> SearchResult:
         if self.prototypes is None:
             return self.memory.search(q, k, rescore=self.cfg.rescore, record_hits=True)
@@ -345,11 +370,13 @@ class StreamEvaluator(pl.LightningModule):
                             np.zeros(ids.shape, np.float32), 0.0)
 
     def _close_window(self) -> None:
-        sums = torch.from_numpy(self._sums.copy())
+        sums = torch.from_numpy(np.concatenate([self._sums, self._probe_lat.counts.astype(np.float64)]))
         lat = np.asarray(self._lat, np.float64)
         if initialised():
-            dist.all_reduce(sums)
-        s = dict(zip(SUMS, sums.tolist(), strict=True))
+            dist.all_reduce(sums)  # counts < 2**53: exact in float64
+        probe_counts = sums[len(SUMS):].numpy().astype(np.int64)
+        self._latency.merge(probe_counts)
+        s = dict(zip(SUMS, sums[: len(SUMS)].tolist(), strict=True))
         nq = max(s["queries"], 1.0)
         mem = self.local_memory
         stats = mem.stats()
@@ -362,8 +389,9 @@ class StreamEvaluator(pl.LightningModule):
                  "mean_eps_q": s["eps_q"] / nq, "mean_zeta1": s["zeta1"] / nq, "zeta_max": float(stats["zeta_max"]),
                  "fresh_hit_rate": s["fresh_queries_hit"] / max(s["fresh_queries"], 1.0),
                  "old_hit_rate": s["old_queries_hit"] / max(s["old_queries"], 1.0),
-                 "latency_p50_ms": float(np.median(lat) * 1e3) if len(lat) else math.nan,
-                 "latency_p99_ms": float(np.quantile(lat, 0.99) * 1e3) if len(lat) else math.nan,
+                 "latency_p50_ms": quantile(probe_counts, 0.5) * 1e3, "latency_p99_ms": quantile(probe_counts, 0.99) * 1e3,
+                 "latency_samples": float(probe_counts.sum()),
+                 "search_ms_per_query": float(np.median(lat) * 1e3) if len(lat) else math.nan,
                  "ingest_per_s": s["ingested"] / max(self._ingest_s, 1e-9),
                  "hot_items": stats["hot"], "warm_items": stats["warm"] + stats["buffer"], "evicted": stats["evicted"],
                  "hot_bytes": by_tier["hot"], "warm_bytes": by_tier["warm"],
@@ -391,7 +419,7 @@ class StreamEvaluator(pl.LightningModule):
         # written here, not by the caller: under a spawning launcher only the workers hold the series
         from luma_pl.evaluation.report import summarise, write_report
 
-        self.summary = summarise(self.series, self.cfg.k)
+        self.summary = summarise(self.series, self.cfg.k, latency=self._latency)
         if self.cfg.report_dir is None or not self.trainer.is_global_zero:
             return
         self.report_paths = write_report(self.series, self.summary, self.cfg.report_dir, extra={
