@@ -27,6 +27,8 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .safe_tar import check_member_extent, unsafe_name
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = "{name}-{index:06d}.tar"
@@ -110,16 +112,100 @@ class Manifest:
         }
 
     @classmethod
-    def from_json(cls, obj: dict, where: str = "manifest") -> Manifest:
-        version = int(obj.get("version", 0))
+    def from_json(cls, obj, where: str = "manifest") -> Manifest:
+        """Parse and validate a manifest's JSON value: every field has its type and range, shard
+        names stay inside the manifest's folder. Raises ``ValueError`` naming the field and the value
+        (a manifest is data from outside: valid JSON of the wrong type must not reach the replay)."""
+        fix = "rebuild it with `python -m data_modules.build_shards` or delete it to scan the shards"
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: the manifest is a JSON {type(obj).__name__}, expected an object; {fix}")
+        unknown = set(obj) - {"version", "spaces", "media", "shards"}
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; {fix}")
+        version = _json_int(obj.get("version", 0), f"{where}: version", fix)
         if version > FORMAT_VERSION or version < 1:
             raise ValueError(
                 f"{where}: version={version} is not supported (this reader knows 1..{FORMAT_VERSION}); "
                 "rebuild the shards with this luma-pl or upgrade luma-pl"
             )
-        shards = [ShardInfo(**s) for s in obj["shards"]]
-        return cls(shards=shards, spaces={k: int(v) for k, v in obj.get("spaces", {}).items()},
-                   media=list(obj.get("media", [])), version=version)
+        raw_shards = obj.get("shards")
+        if not isinstance(raw_shards, list):
+            raise ValueError(f"{where}: shards is {_short(raw_shards)}, expected a list of objects; {fix}")
+        shards = [_shard_info(s, f"{where}: shards[{i}]", fix) for i, s in enumerate(raw_shards)]
+        raw_spaces = obj.get("spaces", {})
+        if not isinstance(raw_spaces, dict):
+            raise ValueError(f"{where}: spaces is {_short(raw_spaces)}, expected an object name -> dim; {fix}")
+        spaces = {}
+        for name, d in raw_spaces.items():
+            if not SPACE_RE.match(name):
+                raise ValueError(f"{where}: space name {name!r} is not an identifier; {fix}")
+            spaces[name] = _json_int(d, f"{where}: spaces[{name!r}]", fix, low=1, high=MAX_DIM)
+        media = obj.get("media", [])
+        if not isinstance(media, list) or not all(isinstance(m, str) and m in MEDIA_EXTS for m in media):
+            raise ValueError(f"{where}: media is {_short(media)}, expected a list drawn from {sorted(MEDIA_EXTS)}; "
+                             f"{fix}")
+        return cls(shards=shards, spaces=spaces, media=list(media), version=version)
+
+
+MAX_DIM = 1 << 16
+"""Largest embedding dimension a manifest or an ``.npy`` header may declare (bounds allocations)."""
+MAX_SHARD_EVENTS = 1 << 28
+"""Most events one shard may list (268M; at 8 bytes each a 2 GiB shard of bare timestamps)."""
+MIN_EVENT_BYTES = 8
+"""No event takes fewer bytes in a shard (a block row holds at least its int64 ts), so a shard of
+``s`` bytes holds at most ``s // 8`` events: a manifest claiming more is refused before planning."""
+
+
+def _short(value) -> str:
+    text = json.dumps(value)[:60] if not isinstance(value, (bytes, bytearray)) else repr(value)[:60]
+    return f"{type(value).__name__} {text}"
+
+
+def _json_int(value, what: str, fix: str, low: int = 0, high: int | None = None) -> int:
+    """``value`` as an int in ``[low, high]``; a bool, float, string or null is refused."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} is {_short(value)}, expected an integer; {fix}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{what} = {value} is outside [{low}, {high if high is not None else 'inf'}]; {fix}")
+    return value
+
+
+def _shard_info(s, what: str, fix: str) -> ShardInfo:
+    if not isinstance(s, dict):
+        raise ValueError(f"{what} is {_short(s)}, expected an object with name/events; {fix}")
+    unknown = set(s) - {"name", "events", "samples", "bytes"}
+    if unknown or "name" not in s or "events" not in s:
+        raise ValueError(f"{what} has fields {sorted(s)}; it needs name and events (samples, bytes optional); {fix}")
+    name = s["name"]
+    if not isinstance(name, str) or unsafe_name(name) or "\0" in name:
+        raise ValueError(f"{what}.name is {_short(name)}: a shard name must be a relative path inside the "
+                         f"manifest's folder (no '..', not absolute); {fix}")
+    return ShardInfo(name=name, events=_json_int(s["events"], f"{what}.events", fix),
+                     samples=_json_int(s.get("samples", 0), f"{what}.samples", fix),
+                     bytes=_json_int(s.get("bytes", 0), f"{what}.bytes", fix))
+
+
+def check_against_files(manifest: Manifest, folder: str | os.PathLike, where: str = "manifest") -> None:
+    """Refuse a manifest whose event counts its shards could not hold, before anything is planned
+    from them (a count of 9e11 would plan billions of batches): at most ``MAX_SHARD_EVENTS`` per
+    shard, and ``events * MIN_EVENT_BYTES`` at most the shard's recorded ``bytes`` (or, with none
+    recorded, its size on disk). A shard whose size differs from the record is not refused here:
+    the reader reports it as stale when it opens it and counts what it replays against the
+    manifest (a truncated shard still replays its intact prefix)."""
+    fix = "rebuild manifest.json from the shards (data_modules.scan_manifest + write_manifest), or delete it"
+    for info in manifest.shards:
+        if info.events > MAX_SHARD_EVENTS:
+            raise ValueError(f"{where}: shard {info.name!r} lists {info.events} events, above MAX_SHARD_EVENTS="
+                             f"{MAX_SHARD_EVENTS}; {fix}")
+        size = info.bytes
+        if not size:
+            try:
+                size = (Path(folder) / info.name).stat().st_size
+            except OSError:
+                continue  # missing: the replay counts it as unreadable
+        if info.events * MIN_EVENT_BYTES > size:
+            raise ValueError(f"{where}: shard {info.name!r} lists {info.events} events but holds only {size} bytes "
+                             f"(an event needs at least {MIN_EVENT_BYTES}); {fix}")
 
 
 def write_manifest(manifest: Manifest, folder: str | os.PathLike) -> Path:
@@ -145,7 +231,14 @@ def load_manifest(folder: str | os.PathLike, scan_if_missing: bool = True) -> Ma
     """Read ``manifest.json`` in ``folder``; without one, build it by scanning the tar headers."""
     path = Path(folder) / MANIFEST_NAME
     if path.exists():
-        return Manifest.from_json(json.loads(path.read_text()), where=str(path))
+        try:
+            obj = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise ValueError(f"{path}: not valid JSON ({type(err).__name__}: {err}); rebuild it or delete it to "
+                             "scan the shards") from None
+        manifest = Manifest.from_json(obj, where=str(path))
+        check_against_files(manifest, folder, where=str(path))
+        return manifest
     if not scan_if_missing:
         raise FileNotFoundError(f"{path} does not exist; write it with build_shards or pass scan_if_missing=True")
     return scan_manifest(list_shards(folder), root=folder)
@@ -157,8 +250,6 @@ def scan_manifest(shards: list[Path], root: str | os.PathLike | None = None) -> 
     Only headers and tiny entries are read: for a block, the ``.npy`` header gives rows and dims.
     A shard that cannot be scanned (truncated, garbage) is recorded with the events seen so far.
     """
-    import numpy as np
-
     infos: list[ShardInfo] = []
     spaces: dict[str, int] = {}
     media: set[str] = set()
@@ -167,11 +258,10 @@ def scan_manifest(shards: list[Path], root: str | os.PathLike | None = None) -> 
         events = samples = 0
         block_keys: set[str] = set()
         try:
-            from .shard_reader import check_member_extent
-
             size = Path(shard).stat().st_size
             with tarfile.open(shard, mode="r|*") as tar:
                 for member in tar:
+                    tar.members = []  # streaming: do not keep every TarInfo in memory
                     check_member_extent(member, size)  # a forged size would make tarfile spin
                     if not member.isreg():
                         continue
@@ -181,20 +271,26 @@ def scan_manifest(shards: list[Path], root: str | os.PathLike | None = None) -> 
                         samples += 1
                     sp = space_of(ext)
                     if ext == "ts.npy" or sp is not None:
-                        f = tar.extractfile(member)
-                        shape = _npy_shape(np, f)  # header only, the array is not read
+                        # header only, the array is not read; the shape it declares must fit the
+                        # member's size, or a 100-byte entry could claim 9e11 rows
+                        shape, dtype, header = npy_header(tar.extractfile(member))
+                        if npy_nbytes(shape, dtype) != member.size - header or len(shape) not in (1, 2):
+                            continue  # counted by the replay when it decodes the sample
                         if ext == "ts.npy":
                             block_keys.add(key)
                             events += int(shape[0])
-                        elif sp is not None:
+                        elif sp is not None and 1 <= shape[-1] <= MAX_DIM:
                             spaces.setdefault(sp, int(shape[-1]))
                     elif ext in MEDIA_EXTS:
                         media.add(ext)
                     elif ext == BLOCK_MARKER:
-                        f = tar.extractfile(member)
-                        for text_ext in json.loads(f.read().decode("utf-8")).get("text", {}):
-                            media.add(text_ext)
-                    tar.members = []  # streaming: do not keep every TarInfo in memory
+                        try:
+                            meta = json.loads(tar.extractfile(member).read().decode("utf-8"))
+                        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                            meta = None  # the replay counts it; the scan goes on to the block's ts.npy
+                        texts = meta.get("text") if isinstance(meta, dict) else None
+                        if isinstance(texts, dict):
+                            media.update(e for e in texts if e in TEXT_EXTS)
         except Exception:  # noqa: BLE001 - any parse failure (numpy header eval raises SyntaxError too)
             pass  # the replay will count the corruption when it reads the shard
         events += samples - len(block_keys)
@@ -203,9 +299,25 @@ def scan_manifest(shards: list[Path], root: str | os.PathLike | None = None) -> 
     return Manifest(shards=infos, spaces=spaces, media=sorted(media))
 
 
-def _npy_shape(np, fileobj) -> tuple[int, ...]:
-    """Shape from a ``.npy`` header (public numpy API; reads ~128 bytes)."""
-    major, _ = np.lib.format.read_magic(fileobj)
-    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-    shape, _, _ = read(fileobj)
-    return tuple(int(x) for x in shape)
+def npy_header(fileobj):
+    """``(shape, dtype, header_bytes)`` of a ``.npy`` stream, reading only its header (public numpy
+    API). The data is not read: compare ``npy_nbytes(shape, dtype)`` with what follows before
+    allocating anything of that shape. Raises ``ValueError`` on a malformed header."""
+    import numpy as np
+
+    start = fileobj.tell()
+    try:
+        major, _ = np.lib.format.read_magic(fileobj)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fileobj)
+    except (ValueError, SyntaxError, TypeError, OverflowError) as err:  # numpy parses the header as a literal
+        raise ValueError(f"bad .npy header ({type(err).__name__}: {err})") from None
+    return tuple(int(x) for x in shape), dtype, fileobj.tell() - start
+
+
+def npy_nbytes(shape: tuple[int, ...], dtype) -> int:
+    """Bytes an array of ``shape`` and ``dtype`` holds (exact, in Python ints: no overflow)."""
+    n = 1
+    for x in shape:
+        n *= int(x)
+    return n * dtype.itemsize

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tarfile
 from collections.abc import Callable, Iterator
@@ -27,13 +28,19 @@ import numpy as np
 
 from luma_pl.configuration import StrictConfig, require
 
+from .safe_tar import check_member_extent, unsafe_name
 from .shard_format import (
     AUDIO_EXTS,
     BLOCK_MARKER,
     IMAGE_EXTS,
     REFUSED_EXTS,
+    TEXT_EXTS,
+    npy_header,
+    npy_nbytes,
     split_member_name,
 )
+
+log = logging.getLogger("luma_pl.replay")
 
 
 @dataclass
@@ -48,6 +55,13 @@ class ReaderConfig(StrictConfig):
     """Event samples are gathered into columnar chunks of this many rows (blocks stay whole)."""
     audio_sample_rate: int = 48000
     """Decoded audio is resampled to this rate in Hz (48 kHz: what CLAP expects)."""
+    min_norm: float = 1e-6
+    """An embedding row whose L2 norm is below this is replayed as absent (``has`` False, counted):
+    a zero or denormal row has no direction, and normalising it gives inf/NaN."""
+    max_norm: float = 1e4
+    """An embedding row whose L2 norm is above this is replayed as absent (counted): encoder outputs
+    have norms of order 1-100, and one finite row of norm 3e38 overflows the memory and moves the
+    Procrustes statistic by more than the whole stream."""
 
     def validate(self) -> None:
         require(self.max_member_bytes > 0, "ReaderConfig", "max_member_bytes", self.max_member_bytes,
@@ -56,19 +70,47 @@ class ReaderConfig(StrictConfig):
                 "use a positive rate in Hz, e.g. 48000")
         require(self.chunk_events > 0, "ReaderConfig", "chunk_events", self.chunk_events,
                 "use a positive row count, e.g. 256")
+        require(0 <= self.min_norm < self.max_norm < float("inf"), "ReaderConfig", "min_norm/max_norm",
+                (self.min_norm, self.max_norm), "use 0 <= min_norm < max_norm < inf, e.g. 1e-6 and 1e4")
 
 
 @dataclass
 class Skip:
-    """One corrupt sample or shard that was skipped."""
+    """One corrupt sample, shard or embedding row that was skipped."""
 
     shard: str
     key: str
     reason: str
+    code: str = "corrupt_sample"
+    """Short reason class, the key of the per-reason counts (``replay/skipped/<code>``): one of
+    ``SKIP_CODES``."""
+    events: int = 1
+    """Events this skip removes from the replay: 1 for a sample, 0 for a masked embedding row (the
+    event is replayed without it) or a shard-level note (its lost events are counted when the shard
+    is reconciled with the manifest)."""
+
+
+SKIP_CODES = (
+    "corrupt_sample",  # a sample whose entries cannot be decoded (bad utf-8, bad .npy, missing ts, ...)
+    "bad_json",  # events.json that is not JSON or not the documented object
+    "bad_ts",  # a ts that is not an integer in int64 range
+    "bad_member",  # unsafe name, link, refused pickle entry, oversize or duplicate member
+    "bad_embedding",  # an embedding row with NaN/inf, zero/denormal or huge norm (row masked, event kept)
+    "unreadable_shard",  # a shard that cannot be opened or read to its end
+    "truncated_shard",  # a shard without its end-of-archive marker
+    "stale_shard",  # a shard whose size differs from the manifest's record (changed since)
+    "missing_events",  # a shard held fewer events than the manifest lists (replayed + skipped)
+    "extra_events",  # shards held more events than the manifest lists: the surplus is not replayed
+    "drop_last",  # a worker's final partial batch, dropped because drop_last is set
+)
 
 
 class CorruptSample(ValueError):
-    """A sample that cannot be used; the reason is the message."""
+    """A sample that cannot be used; the reason is the message, ``code`` its class (``SKIP_CODES``)."""
+
+    def __init__(self, message: str, code: str = "corrupt_sample"):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -87,24 +129,12 @@ class EventChunk:
 
 
 # --- tar level --------------------------------------------------------------------------------
-def check_member_extent(member: tarfile.TarInfo, file_size: int) -> None:
-    """Raise ``tarfile.ReadError`` when a member's declared data runs past the end of the file.
-
-    Streaming tarfile skips a member's data by reading it block by block, also past the end of the
-    file: a forged header declaring e.g. 2**40 bytes would spin for hours. Such a member can only
-    come from a truncated or forged shard, so the shard ends there (counted)."""
-    if member.offset_data + member.size > file_size:
-        raise tarfile.ReadError(f"member {member.name!r} declares {member.size} bytes at offset "
-                                f"{member.offset_data}, past the end of the file ({file_size} bytes)")
-
-
-def _unsafe_name(name: str) -> bool:
-    parts = name.replace("\\", "/").split("/")
-    return not name or name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":")
-
-
-def iter_raw_samples(path: str, cfg: ReaderConfig, on_skip: Callable[[Skip], None]) -> Iterator[dict]:
+def iter_raw_samples(path: str, cfg: ReaderConfig, on_skip: Callable[[Skip], None], expect_bytes: int = 0
+                     ) -> Iterator[dict]:
     """Yield ``{'__key__': key, ext: bytes, ...}`` per sample (consecutive members with one key).
+
+    ``expect_bytes`` (the manifest's record, 0: unknown): a shard of another size is reported as
+    stale (a note of 0 events; the replay reconciles its events with the manifest) and read as it is.
 
     A bad member (unsafe name, refused extension, absurd size, link) makes its sample corrupt: the
     sample is reported through ``on_skip`` and not yielded. A read error ends the shard: the sample
@@ -117,13 +147,20 @@ def iter_raw_samples(path: str, cfg: ReaderConfig, on_skip: Callable[[Skip], Non
         if current is None:
             return None
         if bad_reason is not None:
-            on_skip(Skip(path, current["__key__"], bad_reason))
+            on_skip(Skip(path, current["__key__"], bad_reason, "bad_member"))
             return None
         return current
 
     try:
         with open(path, "rb") as fh:
             file_size = os.fstat(fh.fileno()).st_size
+            if expect_bytes and file_size != expect_bytes:
+                # checked on the open file, so a shard replaced later is not mixed in: what it holds is
+                # replayed and counted against the manifest's events (a truncated shard keeps its prefix)
+                on_skip(Skip(path, "", f"stale shard: {file_size} bytes but the manifest records {expect_bytes} "
+                                       "(changed or truncated after the manifest was written; its events are "
+                                       "reconciled with the manifest's count; rebuild the manifest)",
+                             "stale_shard", 0))
             tar = tarfile.open(fileobj=fh, mode="r|")
             for member in tar:
                 key, ext = split_member_name(member.name)
@@ -135,7 +172,7 @@ def iter_raw_samples(path: str, cfg: ReaderConfig, on_skip: Callable[[Skip], Non
                 check_member_extent(member, file_size)
                 if member.isdir():
                     continue
-                if _unsafe_name(member.name):
+                if unsafe_name(member.name):
                     bad_reason = bad_reason or f"unsafe member name {member.name!r} (absolute or '..')"
                 elif not member.isreg():
                     bad_reason = bad_reason or f"member {member.name!r} is a link/device, not a regular file"
@@ -163,35 +200,35 @@ def iter_raw_samples(path: str, cfg: ReaderConfig, on_skip: Callable[[Skip], Non
             tail = fh.read(1 << 16)
             if len(tail) < 1024 or tail.count(0) != len(tail):
                 what = "no end-of-archive marker" if not tail.strip(b"\0") else "garbage after last member"
-                on_skip(Skip(path, "", f"truncated shard: {what} at byte {end}"))
+                on_skip(Skip(path, "", f"truncated shard: {what} at byte {end}", "truncated_shard", 0))
     except (tarfile.TarError, EOFError, OSError) as err:
         key = current["__key__"] if current is not None else ""
-        on_skip(Skip(path, key, f"unreadable shard ({type(err).__name__}: {err})"))
+        # the sample in flight is lost (1 event); the rest of the shard is counted against the manifest
+        on_skip(Skip(path, key, f"unreadable shard ({type(err).__name__}: {err})", "unreadable_shard",
+                     int(current is not None)))
 
 
 # --- sample level -----------------------------------------------------------------------------
 def _npy(data: bytes, what: str) -> np.ndarray:
+    """A numeric array from ``.npy`` bytes. The header's declared shape must match the bytes that
+    follow: a forged header declaring a huge shape would otherwise make numpy allocate it first."""
+    fh = io.BytesIO(data)
     try:
-        # the header's declared shape must match the bytes that follow: a forged header declaring a
-        # huge shape would otherwise make numpy allocate it before noticing the data is short
-        fh = io.BytesIO(data)
-        major, _ = np.lib.format.read_magic(fh)
-        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read(fh)
-        if dtype.hasobject:
-            raise CorruptSample(f"{what}: dtype {dtype} needs pickle (refused)")
-        need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-        if need != len(data) - fh.tell():
-            raise CorruptSample(f"{what}: header declares shape {shape} ({need} bytes) but "
-                                f"{len(data) - fh.tell()} bytes follow")
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except CorruptSample:
-        raise
+        shape, dtype, header = npy_header(fh)
+    except ValueError as err:
+        raise CorruptSample(f"{what}: {err}") from None
+    if dtype.hasobject:
+        raise CorruptSample(f"{what}: dtype {dtype} needs pickle (refused)")
+    if dtype.kind not in "fiub":
+        raise CorruptSample(f"{what}: dtype {dtype} is not numeric")
+    need = npy_nbytes(shape, dtype)
+    if need != len(data) - header:
+        raise CorruptSample(f"{what}: header declares shape {shape} ({need} bytes) but {len(data) - header} "
+                            "bytes follow")
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as err:  # noqa: BLE001 - any parse failure is a corrupt entry
         raise CorruptSample(f"{what}: bad .npy ({err})") from err
-    if arr.dtype.kind not in "fiub":
-        raise CorruptSample(f"{what}: dtype {arr.dtype} is not numeric")
-    return arr
 
 
 def _text(data: bytes, what: str) -> str:
@@ -227,13 +264,15 @@ def decode_sample(raw: dict, spaces: dict[str, int], media: list[str], cfg: Read
     """
     key = raw["__key__"]
     if BLOCK_MARKER in raw:
-        return _decode_block(raw, spaces, media)
+        return _decode_block(raw, spaces, media, cfg)
     if "ts" not in raw:
         raise CorruptSample(f"{key}: event sample has no 'ts' entry")
     try:
         ts = int(_text(raw["ts"], f"{key}.ts").strip())
     except ValueError as err:
-        raise CorruptSample(f"{key}.ts: not an integer ({err})") from err
+        raise CorruptSample(f"{key}.ts: not an integer ({err})", "bad_ts") from err
+    if not INT64_MIN <= ts <= INT64_MAX:
+        raise CorruptSample(f"{key}.ts: {ts} is outside the int64 range", "bad_ts")
     topic = _text(raw["topic"], f"{key}.topic").strip() if "topic" in raw else ""
     emb, has = {}, {}
     for space, d in spaces.items():
@@ -249,20 +288,62 @@ def decode_sample(raw: dict, spaces: dict[str, int], media: list[str], cfg: Read
     return EventChunk([key], np.array([ts], np.int64), [topic], emb, has, payloads)
 
 
-def _decode_block(raw: dict, spaces: dict[str, int], media: list[str]) -> EventChunk:
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _block_ts(data: bytes, what: str) -> np.ndarray:
+    """A block's ``ts.npy`` as int64: integers in range, or floats that are finite whole numbers in
+    range (NaN or 1e300 cast to int64 would silently become INT64_MIN)."""
+    arr = _npy(data, what)
+    if arr.ndim != 1:
+        raise CorruptSample(f"{what}: shape {arr.shape}, expected (n,)", "bad_ts")
+    if arr.dtype.kind == "f":
+        x = arr.astype(np.float64)
+        ok = np.isfinite(x) & (x == np.floor(x)) & (x >= -(2.0 ** 63)) & (x < 2.0 ** 63)
+        if not ok.all():
+            i = int(np.flatnonzero(~ok)[0])
+            raise CorruptSample(f"{what}: row {i} is {x[i]!r}, not a whole number in the int64 range", "bad_ts")
+    elif arr.dtype.kind == "u" and arr.size and int(arr.max()) > INT64_MAX:
+        raise CorruptSample(f"{what}: {int(arr.max())} is above the int64 range", "bad_ts")
+    return arr.astype(np.int64)
+
+
+def _str_list(value, n: int, what: str, allow_none: bool = False, allow_int: bool = True) -> list:
+    """``value`` as a list of ``n`` strings (ints, where allowed, become their decimal text; None
+    where allowed)."""
+    if not isinstance(value, list):
+        raise CorruptSample(f"{what} is a {type(value).__name__}, expected a list of {n} strings", "bad_json")
+    if len(value) != n:
+        raise CorruptSample(f"{what} has {len(value)} entries but the block has {n} ts rows", "bad_json")
+    for i, v in enumerate(value):
+        if not (isinstance(v, str) or (allow_int and isinstance(v, int) and not isinstance(v, bool))
+                or (allow_none and v is None)):
+            raise CorruptSample(f"{what}[{i}] is a {type(v).__name__}, expected a string", "bad_json")
+    return [v if v is None or isinstance(v, str) else str(v) for v in value]
+
+
+def _decode_block(raw: dict, spaces: dict[str, int], media: list[str], cfg: ReaderConfig) -> EventChunk:
+    """A block sample -> ``EventChunk``. ``events.json`` is data from outside: valid JSON of another
+    type (a list, a number, null, deep nesting) is a counted ``bad_json`` skip, never an exception."""
     key = raw["__key__"]
     try:
         meta = json.loads(_text(raw[BLOCK_MARKER], f"{key}.{BLOCK_MARKER}"))
-    except json.JSONDecodeError as err:
-        raise CorruptSample(f"{key}.{BLOCK_MARKER}: bad json ({err})") from err
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise CorruptSample(f"{key}.{BLOCK_MARKER}: bad json ({type(err).__name__}: {str(err)[:200]})",
+                            "bad_json") from None
+    if not isinstance(meta, dict):
+        raise CorruptSample(f"{key}.{BLOCK_MARKER} is a JSON {type(meta).__name__}, expected an object "
+                            '{"keys": [...], "topics": [...], "text": {...}}', "bad_json")
     if "ts.npy" not in raw:
         raise CorruptSample(f"{key}: block has no ts.npy")
-    ts = _npy(raw["ts.npy"], f"{key}.ts.npy").astype(np.int64).reshape(-1)
+    ts = _block_ts(raw["ts.npy"], f"{key}.ts.npy")
     n = ts.shape[0]
-    keys = [str(k) for k in meta.get("keys", [])]
-    topics = [str(t) for t in meta.get("topics", [""] * n)]
-    if len(keys) != n or len(topics) != n:
-        raise CorruptSample(f"{key}: block has {n} ts rows but {len(keys)} keys and {len(topics)} topics")
+    keys = _str_list(meta.get("keys"), n, f"{key}.{BLOCK_MARKER}: keys")
+    topics = _str_list(meta.get("topics", [""] * n), n, f"{key}.{BLOCK_MARKER}: topics")
+    texts = meta.get("text", {})
+    if not isinstance(texts, dict):
+        raise CorruptSample(f"{key}.{BLOCK_MARKER}: text is a {type(texts).__name__}, expected an object "
+                            "ext -> list", "bad_json")
     emb, has = {}, {}
     for space, d in spaces.items():
         entry = f"{space}.npy"
@@ -273,14 +354,18 @@ def _decode_block(raw: dict, spaces: dict[str, int], media: list[str]) -> EventC
             emb[space] = arr.astype(np.float32, copy=False)
             has[space] = np.ones(n, bool)
         else:
+            if n * d * 4 > cfg.max_member_bytes:  # an absent space costs zeros of (n, d): bound them
+                raise CorruptSample(f"{key}: block of {n} rows without {entry} would need {n * d * 4} bytes of "
+                                    f"zeros > max_member_bytes={cfg.max_member_bytes}")
             emb[space], has[space] = np.zeros((n, d), np.float32), np.zeros(n, bool)
-    texts = meta.get("text", {})
     payloads = {}
     for ext in media:
         col = texts.get(ext)
-        if col is not None and len(col) != n:
-            raise CorruptSample(f"{key}: text column {ext!r} has {len(col)} rows, expected {n}")
-        payloads[ext] = list(col) if col is not None else [None] * n
+        if ext not in TEXT_EXTS or col is None:
+            payloads[ext] = [None] * n
+        else:
+            payloads[ext] = _str_list(col, n, f"{key}.{BLOCK_MARKER}: text[{ext!r}]", allow_none=True,
+                                      allow_int=False)
     return EventChunk(keys, ts, topics, emb, has, payloads)
 
 
@@ -299,16 +384,21 @@ def concat_chunks(chunks: list[EventChunk]) -> EventChunk:
     )
 
 
-def mask_bad_rows(chunk: EventChunk) -> tuple[int, str]:
-    """Mark embedding rows with NaN/inf values or all zeros as absent (``has`` False, row zeroed).
+def mask_bad_rows(chunk: EventChunk, min_norm: float = 1e-6, max_norm: float = 1e4) -> tuple[int, str]:
+    """Mark embedding rows that are not finite or whose L2 norm is outside ``[min_norm, max_norm]``
+    as absent (``has`` False, row zeroed).
 
-    Such a row cannot be normalised or stored (the memory refuses it), so the event keeps its other
-    payloads and loses only that embedding. Returns (rows masked, first key affected).
+    Such a row cannot be normalised or stored (the memory refuses it), or, finite but huge, would
+    dominate every statistic it enters; the event keeps its other payloads and loses only that
+    embedding. Norms are computed in float64 (a float32 row of norm 3e38 would overflow to inf).
+    Returns (rows masked, first key affected).
     """
     masked, first = 0, ""
     for space, arr in chunk.emb.items():
         has = chunk.has[space]
-        bad = has & ~(np.isfinite(arr).all(axis=1) & (arr != 0).any(axis=1))
+        finite = np.isfinite(arr).all(axis=1)
+        norm = np.sqrt(np.square(np.where(finite[:, None], arr, 0), dtype=np.float64).sum(axis=1))
+        bad = has & ~(finite & (norm >= min_norm) & (norm <= max_norm) & (norm > 0))
         if bad.any():
             if not masked:
                 first = chunk.keys[int(np.flatnonzero(bad)[0])]
@@ -321,20 +411,26 @@ def mask_bad_rows(chunk: EventChunk) -> tuple[int, str]:
 
 
 def iter_chunks(path: str, spaces: dict[str, int], media: list[str], cfg: ReaderConfig,
-                on_skip: Callable[[Skip], None]) -> Iterator[EventChunk]:
+                on_skip: Callable[[Skip], None], expect_bytes: int = 0) -> Iterator[EventChunk]:
     """Columnar chunks of one shard in stream order; corrupt samples go to ``on_skip``; a sample with
-    NaN/inf or all-zero embedding rows is replayed with those rows absent and counted once."""
+    non-finite or out-of-range embedding rows is replayed with those rows absent and counted once.
+    ``expect_bytes``: the manifest's record of the shard's size (see ``iter_raw_samples``)."""
     pending: list[EventChunk] = []  # event samples waiting to fill a chunk
-    for raw in iter_raw_samples(path, cfg, on_skip):
+    for raw in iter_raw_samples(path, cfg, on_skip, expect_bytes):
         try:
             chunk = decode_sample(raw, spaces, media, cfg)
         except CorruptSample as err:
-            on_skip(Skip(path, raw["__key__"], str(err)))
+            on_skip(Skip(path, raw["__key__"], str(err), err.code))
             continue
-        masked, first = mask_bad_rows(chunk)
+        except Exception as err:  # noqa: BLE001 - a decoder bug met by hostile content must not end a long run
+            log.exception("decoding sample %r of %s failed", raw["__key__"], path)
+            on_skip(Skip(path, raw["__key__"], f"decoder error ({type(err).__name__}: {str(err)[:200]})"))
+            continue
+        masked, first = mask_bad_rows(chunk, cfg.min_norm, cfg.max_norm)
         if masked:
-            on_skip(Skip(path, first, f"{masked} embedding row(s) with NaN/inf or all zeros in sample "
-                                      f"{raw['__key__']!r}: replayed with has=False for those rows"))
+            on_skip(Skip(path, first, f"{masked} embedding row(s) with NaN/inf or a norm outside [{cfg.min_norm:g}, "
+                                      f"{cfg.max_norm:g}] in sample {raw['__key__']!r}: replayed with has=False "
+                                      "for those rows", "bad_embedding", 0))
         if len(chunk) == 1 and BLOCK_MARKER not in raw:
             pending.append(chunk)
             if len(pending) >= cfg.chunk_events:

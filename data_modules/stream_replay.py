@@ -29,7 +29,7 @@ from luma_pl.threads import limit_cpu_threads
 
 from .replay_plan import ReplayPlan, plan_replay, resume_split
 from .shard_format import Manifest, load_manifest
-from .shard_reader import EventChunk, ReaderConfig, Skip, concat_chunks, iter_chunks
+from .shard_reader import SKIP_CODES, EventChunk, ReaderConfig, Skip, concat_chunks, iter_chunks
 
 log = logging.getLogger("luma_pl.replay")
 
@@ -60,6 +60,31 @@ class ReplayConfig(StrictConfig):
         self.reader.validate()
 
 
+@dataclass
+class SkipTally:
+    """Skips met since the previous batch, carried by the next batch (sum-mergeable counts)."""
+
+    skipped: int = 0
+    """Skip records (samples, shards, masked rows)."""
+    events: int = 0
+    """Events not replayed."""
+    reasons: dict[str, int] = field(default_factory=dict)
+    """Skip records per reason code (``SKIP_CODES``)."""
+
+    def add(self, s: Skip) -> None:
+        self.skipped += 1
+        self.events += s.events
+        self.reasons[s.code] = self.reasons.get(s.code, 0) + 1
+
+    def clear(self) -> None:
+        self.skipped = self.events = 0
+        self.reasons = {}
+
+    def into(self, batch: dict) -> dict:
+        batch["skipped"], batch["events_skipped"], batch["skip_reasons"] = self.skipped, self.events, self.reasons
+        return batch
+
+
 def empty_batch(manifest: Manifest, skipped: int = 0) -> dict:
     """A B=0 padding batch with every column of the contract."""
     return {
@@ -67,7 +92,7 @@ def empty_batch(manifest: Manifest, skipped: int = 0) -> dict:
         "emb": {s: torch.zeros(0, d) for s, d in manifest.spaces.items()},
         "has": {s: torch.zeros(0, dtype=torch.bool) for s in manifest.spaces},
         "media": {e: [] for e in manifest.media},
-        "skipped": int(skipped), "padding": True,
+        "skipped": int(skipped), "events_skipped": 0, "skip_reasons": {}, "padding": True,
     }
 
 
@@ -81,7 +106,7 @@ def to_batch(chunk: EventChunk, skipped: int) -> dict:
         "emb": {s: torch.from_numpy(np.array(a, np.float32)) for s, a in chunk.emb.items()},  # (B, d)
         "has": {s: torch.from_numpy(np.array(h, bool)) for s, h in chunk.has.items()},  # (B,)
         "media": chunk.media,
-        "skipped": int(skipped), "padding": False,
+        "skipped": int(skipped), "events_skipped": 0, "skip_reasons": {}, "padding": False,
     }
 
 
@@ -91,8 +116,10 @@ def _slice(chunk: EventChunk, i: int, j: int) -> EventChunk:
                       {e: v[i:j] for e, v in chunk.media.items()})
 
 
-def rebatch(chunks: Iterator[EventChunk], batch_size: int, drop_last: bool) -> Iterator[EventChunk]:
-    """Re-cut a stream of chunks of any size into chunks of exactly ``batch_size`` rows."""
+def rebatch(chunks: Iterator[EventChunk], batch_size: int, drop_last: bool,
+            on_drop=None) -> Iterator[EventChunk]:
+    """Re-cut a stream of chunks of any size into chunks of exactly ``batch_size`` rows.
+    ``on_drop(n)`` is told the ``n`` events a ``drop_last`` tail drops (so they are counted)."""
     buf: deque[EventChunk] = deque()
     have = 0
     for chunk in chunks:
@@ -113,6 +140,8 @@ def rebatch(chunks: Iterator[EventChunk], batch_size: int, drop_last: bool) -> I
             yield concat_chunks(pieces)
     if have and not drop_last:
         yield concat_chunks(list(buf))
+    elif have and on_drop is not None:
+        on_drop(have)
 
 
 class StreamReplayDataset(IterableDataset):
@@ -157,21 +186,37 @@ class StreamReplayDataset(IterableDataset):
         """Exactly ``plan.total(rank, worker)`` batches, the first ``skip`` of them not yielded."""
         real = self.plan.real[self.rank][worker]
         total = self.plan.total(self.rank, worker)
-        pending = [0]  # skips since the previous yielded batch
+        pending = SkipTally()  # skips since the previous yielded batch
+        shard_skipped = [0]  # events skipped in the shard being read
 
         def on_skip(s: Skip) -> None:
             self.skips.append(s)
-            pending[0] += 1
-            log.warning("replay skipped shard=%s key=%r: %s", s.shard, s.key, s.reason)
+            pending.add(s)
+            shard_skipped[0] += s.events
+            log.warning("replay skipped shard=%s key=%r (%s, %d event(s)): %s", s.shard, s.key, s.code, s.events,
+                        s.reason)
 
-        def take() -> int:
-            n, pending[0] = pending[0], 0
-            return n
+        def take() -> SkipTally:
+            out = SkipTally(pending.skipped, pending.events, dict(pending.reasons))
+            pending.clear()
+            return out
 
         def chunks() -> Iterator[EventChunk]:
+            # per event, not per sample: after each shard, whatever the manifest lists that was neither
+            # replayed nor counted by a skip (a truncated shard's tail, a corrupt block's rows) is counted
             for i in self.plan.shards[self.rank][worker]:
-                path = os.path.join(self.cfg.root, self.manifest.shards[i].name)
-                yield from iter_chunks(path, self.manifest.spaces, self.manifest.media, self.cfg.reader, on_skip)
+                info = self.manifest.shards[i]
+                path = os.path.join(self.cfg.root, info.name)
+                got, shard_skipped[0] = 0, 0
+                for chunk in iter_chunks(path, self.manifest.spaces, self.manifest.media, self.cfg.reader, on_skip,
+                                         expect_bytes=info.bytes):
+                    got += len(chunk)
+                    yield chunk
+                lost = info.events - got - shard_skipped[0]
+                if lost > 0:
+                    on_skip(Skip(info.name, "", f"{lost} of the {info.events} events manifest.json lists for this "
+                                                f"shard were neither replayed nor counted (shard shorter than listed "
+                                                "or unreadable past a point)", "missing_events", lost))
 
         last_ts: list[int | None] = [None]
 
@@ -185,21 +230,28 @@ class StreamReplayDataset(IterableDataset):
             return n
 
         def batch_of(chunk: EventChunk) -> dict:
-            out = to_batch(chunk, take())
+            out = take().into(to_batch(chunk, 0))
             out["ts_out_of_order"] = disorder(chunk)
             return out
+
+        def dropped(n: int) -> None:
+            on_skip(Skip(self.manifest.shards[self.plan.shards[self.rank][worker][-1]].name, "",
+                         f"drop_last dropped this worker's final {n} event(s)", "drop_last", n))
 
         def planned() -> Iterator[dict]:
             """Exactly ``total`` batches, in order; built even when skipped (skip counts and the ts
             order check must see every chunk)."""
             n = 0
             prev: EventChunk | None = None  # one batch of look-ahead: trailing skips join the last batch
-            for chunk in rebatch(chunks(), self.cfg.batch_size, self.cfg.drop_last):
+            stream = rebatch(chunks(), self.cfg.batch_size, self.cfg.drop_last, dropped)
+            for chunk in stream:
                 if n + (prev is not None) == real:
-                    # more data than planned: report it before the last planned batch goes out, so the
-                    # skip is counted in that batch (after it, no batch may be left to carry the count)
+                    # more data than planned: count the surplus (reading it to the end: per event, not one
+                    # skip) before the last planned batch goes out, so that batch carries the count
+                    extra = len(chunk) + sum(len(c) for c in stream)
                     on_skip(Skip(self.manifest.shards[self.plan.shards[self.rank][worker][-1]].name, "",
-                                 "shards hold more events than manifest.json lists; rebuild the manifest"))
+                                 f"shards hold {extra} more event(s) than manifest.json lists: not replayed; "
+                                 "rebuild the manifest", "extra_events", extra))
                     break
                 if prev is not None:
                     yield batch_of(prev)
@@ -209,7 +261,7 @@ class StreamReplayDataset(IterableDataset):
                 yield batch_of(prev)
                 n += 1
             while n < total:  # data ran short (corrupt samples) or plan padding
-                yield empty_batch(self.manifest, take())
+                yield take().into(empty_batch(self.manifest))
                 n += 1
 
         for i, out in enumerate(planned()):
@@ -257,6 +309,8 @@ class StreamReplayDataModule(pl.LightningDataModule):
         self.batches_consumed = 0
         self.events_seen = 0
         self.skipped_total = 0
+        self.events_skipped = 0  # events not replayed (per event: a corrupt block counts its rows)
+        self.skip_reasons: dict[str, int] = {}  # skip records per reason code (shard_reader.SKIP_CODES)
         self.ts_out_of_order = 0  # events whose ts is below the previous event's (replayed in file order)
         self.dataset: StreamReplayDataset | None = None
         self._resume = 0
@@ -303,6 +357,9 @@ class StreamReplayDataModule(pl.LightningDataModule):
         self.batches_consumed += 1
         self.events_seen += len(batch["key"])
         self.skipped_total += int(batch["skipped"])
+        self.events_skipped += int(batch.get("events_skipped", 0))
+        for code, n in batch.get("skip_reasons", {}).items():
+            self.skip_reasons[code] = self.skip_reasons.get(code, 0) + int(n)
         self.ts_out_of_order += int(batch.get("ts_out_of_order", 0))
         if self.dataset is not None and self.batches_consumed >= self.dataset.batches_per_pass():
             self.batches_consumed = 0  # pass complete: a checkpoint now resumes at a fresh pass
@@ -317,7 +374,9 @@ class StreamReplayDataModule(pl.LightningDataModule):
         """Running totals to log, e.g. ``self.log_dict(self.trainer.datamodule.metrics())``."""
         return {"replay/skipped_total": float(self.skipped_total), "replay/events_seen": float(self.events_seen),
                 "replay/batches_consumed": float(self.batches_consumed),
-                "replay/ts_out_of_order": float(self.ts_out_of_order)}
+                "replay/ts_out_of_order": float(self.ts_out_of_order),
+                "replay/events_skipped": float(self.events_skipped),
+                **{f"replay/skipped/{code}": float(self.skip_reasons.get(code, 0)) for code in SKIP_CODES}}
 
     def state_dict(self) -> dict:
         return {"batches_consumed": self.batches_consumed, "events_seen": self.events_seen,

@@ -199,12 +199,18 @@ def test_truncated_on_member_boundary_and_garbage_counted(tmp_path):
     with tarfile.open(s1) as tar:
         cut = tar.getmembers()[12].offset  # a header boundary: tarfile alone would stop silently
     s1.write_bytes(s1.read_bytes()[:cut])
-    batches = _replay_keys(tmp_path, batch_size=5)
+    ds = StreamReplayDataset(ReplayConfig(root=str(tmp_path), reader=RAW, batch_size=5))
+    batches = list(ds)
     keys = [k for b in batches for k in b["key"]]
     assert keys[-10:] == [f"e{i:04d}" for i in range(20, 30)]
     assert not any(k in keys for k in (f"e{i:04d}" for i in range(10)))
-    assert sum(b["skipped"] for b in batches) == 2  # one per bad shard
-    assert len(batches) == 6
+    assert len(batches) == 6 == ds.batches_per_pass()
+    codes = [s.code for s in ds.skips]
+    # garbage shard: changed size + unreadable; cut shard: changed size + no end marker; both then
+    # reconciled per event with the manifest's count
+    assert sorted(codes) == sorted(["stale_shard", "unreadable_shard", "missing_events",
+                                    "stale_shard", "truncated_shard", "missing_events"])
+    assert len(keys) + sum(b["events_skipped"] for b in batches) == 30
 
 
 def test_manifest_scanned_when_absent(tmp_path):
