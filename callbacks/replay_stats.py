@@ -2,8 +2,10 @@
 
 A corrupt sample or truncated shard never ends a replay; it is skipped and counted in
 ``batch["skipped"]`` by the worker that met it (docs/architecture.md). This callback sums those
-counts over all ranks and logs ``replay/skipped_total`` and ``replay/events_seen`` so a long run
-shows its data losses next to its metrics instead of burying them in worker logs.
+counts over all ranks and logs ``replay/skipped_total`` (skip records), ``replay/events_skipped``
+(events not replayed, per event), ``replay/skipped/<code>`` per reason (``SKIP_CODES``) and
+``replay/events_seen``, so a long run shows its data losses next to its metrics instead of burying
+them in worker logs. The reasons are a fixed list, so the counts are one vector summed over ranks.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+
+from data_modules.shard_reader import SKIP_CODES
 
 
 class ReplayStatsLogger(pl.Callback):
@@ -25,6 +29,8 @@ class ReplayStatsLogger(pl.Callback):
         self.every_n_batches = every_n_batches
         self.events_seen = 0  # this rank's
         self.skipped_total = 0  # this rank's
+        self.events_skipped = 0  # this rank's
+        self.reasons = dict.fromkeys(SKIP_CODES, 0)  # this rank's skip records per reason code
         self._batches = 0
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
@@ -33,6 +39,10 @@ class ReplayStatsLogger(pl.Callback):
             return
         self.events_seen += len(batch["key"])
         self.skipped_total += int(batch["skipped"])
+        self.events_skipped += int(batch.get("events_skipped", 0))
+        for code, n in batch.get("skip_reasons", {}).items():
+            if code in self.reasons:
+                self.reasons[code] += int(n)
         self._batches += 1
         if self._batches % self.every_n_batches == 0:
             self._log(pl_module)
@@ -42,17 +52,23 @@ class ReplayStatsLogger(pl.Callback):
 
     def _log(self, pl_module: pl.LightningModule) -> None:
         # sums over ranks: every rank logs at the same batch index (equal batch counts per rank)
-        totals = torch.tensor([self.events_seen, self.skipped_total], dtype=torch.float64, device=pl_module.device)
-        totals = pl_module.all_gather(totals)
+        counts = [self.events_seen, self.skipped_total, self.events_skipped, *(self.reasons[c] for c in SKIP_CODES)]
+        totals = pl_module.all_gather(torch.tensor(counts, dtype=torch.float64, device=pl_module.device))
         if totals.dim() == 2:
             totals = totals.sum(0)
-        pl_module.log("replay/events_seen", float(totals[0]), rank_zero_only=True)
-        pl_module.log("replay/skipped_total", float(totals[1]), rank_zero_only=True)
+        names = ["replay/events_seen", "replay/skipped_total", "replay/events_skipped",
+                 *(f"replay/skipped/{c}" for c in SKIP_CODES)]
+        for name, value in zip(names, totals.tolist(), strict=True):
+            pl_module.log(name, float(value), rank_zero_only=True)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"events_seen": self.events_seen, "skipped_total": self.skipped_total, "batches": self._batches}
+        return {"events_seen": self.events_seen, "skipped_total": self.skipped_total,
+                "events_skipped": self.events_skipped, "reasons": dict(self.reasons), "batches": self._batches}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.events_seen = int(state_dict.get("events_seen", 0))
         self.skipped_total = int(state_dict.get("skipped_total", 0))
+        self.events_skipped = int(state_dict.get("events_skipped", 0))
+        saved = state_dict.get("reasons", {})
+        self.reasons = {c: int(saved.get(c, 0)) if isinstance(saved, dict) else 0 for c in SKIP_CODES}
         self._batches = int(state_dict.get("batches", 0))

@@ -53,3 +53,8 @@ def test_truncated_shard_counted_and_logged(tmp_path):
     assert rows, "replay/skipped_total was never logged"
     assert float(rows[-1]["replay/skipped_total"]) == stats.skipped_total
     assert float(rows[-1]["replay/events_seen"]) == stats.events_seen
+    # per event: the lost block's 16 rows are counted, and the reasons say why
+    assert stats.events_skipped == 16 and float(rows[-1]["replay/events_skipped"]) == 16
+    assert stats.events_seen + stats.events_skipped == n
+    assert float(rows[-1]["replay/skipped/stale_shard"]) == 1 == stats.reasons["stale_shard"]
+    assert stats.reasons["missing_events"] == 1
