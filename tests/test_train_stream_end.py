@@ -63,3 +63,21 @@ def test_fit_on_anchor_only_shards_warns_and_writes_the_final_checkpoint(tmp_pat
     assert int(cli.model.bridge.pairs_total) == n
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     assert not any(k.startswith("val/recall") for k in cli.trainer.callback_metrics)
+
+
+def test_fit_on_a_stream_with_repeated_keys_and_hostile_rows_finishes(tmp_path):
+    """Issue 13: a shard reusing earlier keys killed train.py fit ("ids [...] already in the
+    memory"), and a finite row of norm 3e38 killed it inside TieredMemory.insert. Both now finish:
+    the repeats are not inserted twice, the huge row is masked and counted."""
+    n = 200
+    s, c = _pairs(n, seed=2)
+    c[7] = 1e37  # finite, norm ~2e38
+    keys = [f"{i:05d}" for i in range(n // 2)] * 2  # the second half repeats the first half's keys
+    write_blocks(tmp_path / "shards", keys=keys, ts=np.arange(n),
+                 emb={"wordllama": s, "minilm": c, "query_wordllama": s}, block_events=50, events_per_shard=100)
+    cli = _fit(tmp_path, tmp_path / "shards", 50)
+    dm = cli.datamodule
+    assert dm.events_seen == n and dm.skip_reasons.get("bad_embedding") == 1
+    memory = cli.model.memory
+    assert len(memory) <= n // 2 and memory.audit()
+    assert int(cli.model.bridge.pairs_total) == n - 1  # every pair with both rows, the masked one excepted
