@@ -9,9 +9,13 @@ leaves the old snapshot or the new one, never a mix:
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import shutil
+import time
 import zipfile
 import zlib
 
@@ -67,7 +71,96 @@ def _crc(a: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(a).tobytes())
 
 
-def save(memory: TieredMemory, path: str) -> None:
+LOCK_TIMEOUT_S = 5.0
+"""How long save/load retry a busy snapshot lock before raising SnapshotBusyError."""
+
+
+class SnapshotBusyError(TimeoutError):
+    """Another process holds the snapshot's lock (a save, or a load while we save)."""
+
+
+def _same_file(fd: int, lock_path: str) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(lock_path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _holder(fd: int) -> str:
+    try:
+        pid = int(os.pread(fd, 32, 0).decode().strip() or 0)
+        if pid:
+            os.kill(pid, 0)
+            return f"pid {pid} (saving it)"
+    except (ValueError, OSError):
+        pass
+    return "another process (a load, or a save that recorded no pid)"
+
+
+@contextlib.contextmanager
+def _locked(path: str, exclusive: bool, timeout: float = LOCK_TIMEOUT_S):
+    """flock ``path + '.lock'``: LOCK_EX for save, LOCK_SH for load, so two saves (which would delete
+    each other's ``path.tmp-*``) or a save and a load (which would see the folder mid-rename) never
+    overlap. Non-blocking, retried for ``timeout`` seconds, then SnapshotBusyError. The kernel drops
+    an flock when its holder dies, so a kill -9 never leaves a stale lock. The last holder unlinks the
+    lock file (under LOCK_EX, after checking the path still names the locked inode; a waiter that
+    locked an unlinked inode sees the mismatch and retries), so the parent folder holds only the
+    snapshot afterwards. A load where the lock file cannot be created (read-only filesystem, no
+    write permission) proceeds without it: nobody can be saving there."""
+    lock_path = path + ".lock"
+    deadline = time.monotonic() + max(0.0, float(timeout))
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            if exclusive or err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT):
+                raise
+            try:
+                fd = os.open(lock_path, os.O_RDONLY)
+            except OSError:
+                yield
+                return
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            who = _holder(fd)
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise SnapshotBusyError(
+                    f"saved memory {path!r} is locked ({lock_path!r}) by {who}; this "
+                    f"{'save' if exclusive else 'load'} waited {timeout:.1f}s. Wait for that process to "
+                    "finish and retry, pass lock_timeout= a larger value, or use another path") from None
+            time.sleep(0.02)
+            continue
+        if _same_file(fd, lock_path):
+            break
+        os.close(fd)  # the previous holder removed the file while we waited: lock the new one
+    try:
+        if exclusive:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a load: only the last one out removes it
+            if _same_file(fd, lock_path):
+                os.unlink(lock_path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def save(memory: TieredMemory, path: str, lock_timeout: float = LOCK_TIMEOUT_S) -> None:
+    """Hold the snapshot's exclusive lock (see ``_locked``) and write the memory (``_save``)."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with _locked(path, exclusive=True, timeout=lock_timeout):
+        _save(memory, path)
+
+
+def _save(memory: TieredMemory, path: str) -> None:
     """Write the whole memory to directory ``path`` atomically (replacing an older snapshot).
 
     A failure while writing (disk full, ...) removes the half-written ``path.tmp-<pid>`` and leaves
@@ -98,32 +191,51 @@ def save(memory: TieredMemory, path: str) -> None:
     else:
         os.replace(tmp, path)
     _fsync_dir(os.path.dirname(path))
-    # leftovers of saves killed earlier (other pids): the snapshot at path is newer than all of them
+    # leftovers of saves killed earlier (other pids): the snapshot at path is newer than all of them,
+    # and under the exclusive lock no live save is writing one
     parent, base = os.path.split(path)
     for name in os.listdir(parent):
         if name.startswith((f"{base}.tmp-", f"{base}.old-")):
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
-def _recover(path: str) -> None:
+def _recover(path: str) -> str:
     """Finish a save that crashed between its two renames: ``path`` is missing, the complete new
-    snapshot is ``path.tmp-<pid>`` (it has meta.json, written last) or the old one ``path.old-<pid>``."""
+    snapshot is ``path.tmp-<pid>`` (it has meta.json, written last) or the old one ``path.old-<pid>``.
+    Return the folder to load: ``path``, or the candidate itself when it cannot be renamed (a
+    read-only filesystem: the snapshot is read where it is, nothing is written). Another loader that
+    recovered it first is not an error."""
     if os.path.exists(path):
-        return
+        return path
     parent, base = os.path.split(path)
     try:
         names = sorted(os.listdir(parent or "."))
     except FileNotFoundError:
-        return
+        return path
     for prefix in (f"{base}.tmp-", f"{base}.old-"):
         for name in names:
             cand = os.path.join(parent, name)
             if name.startswith(prefix) and os.path.exists(os.path.join(cand, "meta.json")):
-                os.replace(cand, path)
-                return
+                try:
+                    os.replace(cand, path)
+                except OSError as err:
+                    if os.path.isdir(path):  # a concurrent load recovered it first
+                        return path
+                    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                        return cand
+                    raise
+                return path
+    return path
 
 
-def load(path: str, directory: str | None = None) -> TieredMemory:
+def load(path: str, directory: str | None = None, lock_timeout: float = LOCK_TIMEOUT_S) -> TieredMemory:
+    """Hold the snapshot's shared lock (a concurrent save waits; see ``_locked``) and load it (``_load``)."""
+    path = os.path.abspath(path)
+    with _locked(path, exclusive=False, timeout=lock_timeout):
+        return _load(path, directory)
+
+
+def _load(path: str, directory: str | None = None) -> TieredMemory:
     """Open a saved memory; its originals are copied into ``directory`` (a temp dir by default),
     so the snapshot stays unchanged while the loaded memory keeps appending.
 
@@ -132,10 +244,16 @@ def load(path: str, directory: str | None = None) -> TieredMemory:
     Any failure is a ``ValueError`` naming the snapshot and the file; nothing half-loaded is returned.
     """
     path = os.path.abspath(path)
-    _recover(path)
+    if directory is not None:
+        d = os.path.abspath(directory)
+        if os.path.commonpath([d, path]) == path:
+            raise ValueError(f"directory={directory!r} is inside the snapshot {path!r}; load never writes into "
+                             "a snapshot: pass another folder for the loaded memory's originals (or None)")
+    name = path
+    path = _recover(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"saved memory {path!r} does not exist; pass the folder written by save()")
-    where = f"saved memory {path!r}"
+        raise FileNotFoundError(f"saved memory {name!r} does not exist; pass the folder written by save()")
+    where = f"saved memory {name!r}" + (f" (recovered from {path!r})" if path != name else "")
     try:
         with open(os.path.join(path, "meta.json"), "rb") as f:
             meta = json.loads(f.read().decode("utf-8"))
@@ -165,23 +283,27 @@ def load(path: str, directory: str | None = None) -> TieredMemory:
             raise ValueError(f"{where}: array {k!r} in arrays.npz fails its checksum (file corrupted)")
     try:
         cfg = MemoryConfig.from_dict(meta["config"])
-        snapshot = OriginalsStore(path, cfg.dim)
-        try:
-            snapshot.verify()
-        finally:
-            snapshot.close()
+        # read-only: the snapshot may sit on a read-only filesystem and must stay byte-identical
+        snapshot = OriginalsStore(path, cfg.dim, read_only=True)
+        snapshot.verify()
     except (KeyError, TypeError, ValueError, OSError) as err:
         raise ValueError(f"{where}: config or originals.f32/originals.json unusable ({type(err).__name__}: {err}); "
                          "restore an older snapshot or rebuild the memory") from err
-    memory = TieredMemory(cfg, directory=directory)
     try:
-        memory.originals.close()
-        OriginalsStore(path, cfg.dim).copy_committed_to(memory.directory)
-        memory.originals = OriginalsStore(memory.directory, cfg.dim)
-        memory.restore_state(arrays, meta)
-    except (KeyError, TypeError, ValueError, AssertionError, RuntimeError) as err:
-        memory.close()
-        raise ValueError(f"{where} is inconsistent: {err}; restore an older snapshot or rebuild the memory") from err
+        memory = TieredMemory(cfg, directory=directory)
+        try:  # the loaded memory appends to its own copy of the originals, in its directory
+            memory.originals.close()
+            snapshot.copy_committed_to(memory.directory)
+            memory.originals = OriginalsStore(memory.directory, cfg.dim, sync_rows=cfg.originals_sync_rows)
+            memory.restore_state(arrays, meta)
+        except (KeyError, TypeError, ValueError, AssertionError, RuntimeError) as err:
+            memory.close()
+            raise ValueError(f"{where} is inconsistent: {err}; restore an older snapshot or rebuild the memory") from err
+        except BaseException:
+            memory.close()
+            raise
+    finally:
+        snapshot.close()
     return memory
 
 

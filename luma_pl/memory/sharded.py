@@ -9,11 +9,13 @@ the (ids, scores, tiers, zeta) of all shards are all-gathered and merged into ea
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from luma_pl.memory.tiered import SearchResult, TieredMemory
+from luma_pl.memory.tiered import SearchResult, TieredMemory, pad_result
 
 
 def stable_hash(ids: np.ndarray) -> np.ndarray:
@@ -60,6 +62,7 @@ class ShardedMemory:
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
+        self._warned_k_clamp = False  # search(k > live items) warns once per memory
 
     @property
     def cfg(self):
@@ -121,24 +124,44 @@ class ShardedMemory:
         dist.all_gather(out, t, group=self.group)
         return torch.stack(out)  # (world, *t.shape)
 
-    def search(self, queries, k: int, **kwargs) -> SearchResult:
-        """Collective: every rank must call it (with 0 queries if it has none)."""
+    def search(self, queries, k: int, oversample: int | None = None, rescore: bool = True,
+               record_hits: bool = True) -> SearchResult:
+        """Collective: every rank must call it (with 0 queries if it has none).
+
+        k above the live items is clamped as in ``TieredMemory.search`` (one warning per memory,
+        naming the total over all shards): each shard searches min(k, its own live items) and pads to
+        the widest shard's width ``kw``, so the gathered buffers are (world, world*Q, kw), not k wide;
+        the merged top is padded back to k columns (id -1, score -inf, tier -1, zeta 0)."""
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k={k!r} is invalid; ask for k >= 1 results")
+        k = int(k)
         q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.shard.cfg.dim))
-        counts = self._all_gather(torch.tensor([len(q)], dtype=torch.int64)).view(-1).tolist()
+        # one gather of (queries, live items) per rank: the query padding and the clamped width
+        sizes = self._all_gather(torch.tensor([len(q), len(self.shard)], dtype=torch.int64)).view(-1, 2)
+        counts, lives = sizes[:, 0].tolist(), sizes[:, 1].tolist()
+        total = sum(lives)
+        if k > total and not self._warned_k_clamp:
+            self._warned_k_clamp = True
+            warnings.warn(f"search k={k} exceeds the {total} live items in this sharded memory; searching "
+                          f"with k={total} and padding the other columns with id -1 / score -inf. Pass "
+                          "k <= len(memory) (this warning is shown once per memory)", stacklevel=2)
+        kw = max(1, max(min(k, n) for n in lives))  # every shard's answer is this wide after padding
         qmax = max(counts)
         padded = np.zeros((qmax, q.shape[1]), dtype=np.float32)
         padded[: len(q)] = q
         every = self._all_gather(torch.from_numpy(padded)).view(-1, q.shape[1]).numpy()  # (world*qmax, d)
-        res = self.shard.search(every, k, **kwargs) if qmax else None
-        shape = (self.world * qmax, k)
+        res = None
+        if qmax:
+            every, os_ = self.shard._search_args(every, oversample)
+            res = self.shard._search_clamped(every, kw, os_, rescore, record_hits, warn=False)
+        shape = (self.world * qmax, kw)
         ids = res.ids if res else np.empty(shape, np.int64)
         scores = res.scores if res else np.empty(shape, np.float32)
         tiers = res.tiers.astype(np.int64) if res else np.empty(shape, np.int64)
         zeta = res.zeta if res else np.empty(shape, np.float32)
         zmax = res.zeta_max if res else self.shard.zeta_max
-        rescored = kwargs.get("rescore", True)
         floor = res.pq_floor if res is not None and res.pq_floor is not None else np.full(self.world * qmax, -np.inf, np.float32)
-        # gather every shard's answers: (world shards, world*qmax queries, k)
+        # gather every shard's answers: (world shards, world*qmax queries, kw)
         g_ids = self._all_gather(torch.from_numpy(np.ascontiguousarray(ids))).numpy()
         g_sc = self._all_gather(torch.from_numpy(np.ascontiguousarray(scores))).numpy()
         g_ti = self._all_gather(torch.from_numpy(np.ascontiguousarray(tiers))).numpy()
@@ -147,13 +170,13 @@ class ShardedMemory:
         g_fl = self._all_gather(torch.from_numpy(np.ascontiguousarray(floor, np.float32))).numpy()  # (world, world*qmax)
         mine = slice(self.rank * qmax, self.rank * qmax + len(q))
 
-        def own(a):  # (world, world*qmax, k) -> this rank's queries, shards side by side: (Q, world*k)
+        def own(a):  # (world, world*qmax, kw) -> this rank's queries, shards side by side: (Q, world*kw)
             return np.concatenate(list(a[:, mine]), axis=1)
 
         sc, ii, ti, ze = own(g_sc), own(g_ids), own(g_ti), own(g_ze)
         top = np.argsort(-sc, axis=1, kind="stable")[:, :k]
         take = lambda a: np.take_along_axis(a, top, 1)  # noqa: E731
         # an item no shard returned is bounded by its own shard's floor: the highest one bounds all
-        pq_floor = g_fl[:, mine].max(axis=0).astype(np.float32) if rescored else None
-        return SearchResult(take(ii), take(sc).astype(np.float32), take(ti).astype(np.int8),
-                            take(ze).astype(np.float32), float(g_zm.max()), pq_floor)
+        pq_floor = g_fl[:, mine].max(axis=0).astype(np.float32) if rescore else None
+        return pad_result(SearchResult(take(ii), take(sc).astype(np.float32), take(ti).astype(np.int8),
+                                       take(ze).astype(np.float32), float(g_zm.max()), pq_floor), k)

@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
@@ -70,6 +71,20 @@ class SearchResult:
     pq_floor: np.ndarray | None = None  # (Q,) float32, rescored searches only
 
 
+def pad_result(res: SearchResult, k: int) -> SearchResult:
+    """``res`` widened to k columns with empty slots (id -1, score -inf, tier -1, zeta 0), the same
+    marks a search that found fewer than k items uses, so callers that mask ``ids >= 0`` need nothing
+    new. Used when k was clamped to the live item count."""
+    pad = k - res.ids.shape[1]
+    if pad <= 0:
+        return res
+    width = ((0, 0), (0, pad))
+    return SearchResult(np.pad(res.ids, width, constant_values=-1),
+                        np.pad(res.scores, width, constant_values=-np.inf).astype(np.float32),
+                        np.pad(res.tiers, width, constant_values=-1).astype(np.int8),
+                        np.pad(res.zeta, width).astype(np.float32), res.zeta_max, res.pq_floor)
+
+
 COUNTERS = {"inserted": 0, "evictions": 0, "promotions": 0, "demotions": 0, "replaced": 0, "retrains": 0,
             "tick": 0, "searches": 0, "auto_migrations": 0, "retrain_waits": 0, "retrain_wait_ms": 0,
             "insert_calls": 0}
@@ -104,6 +119,7 @@ class TieredMemory:
         self._trainer: BackgroundTrainer | None = None
         self.retrain_keys = np.empty(0, np.int64)
         self.retrain_at = -1
+        self._warned_k_clamp = False  # search(k > live items) warns once per memory, not once per batch
 
     # ------------------------------------------------------------------ validation helpers
     @property
@@ -260,12 +276,15 @@ class TieredMemory:
         if len(old) and not upsert:
             raise ValueError(f"ids {sorted(self.ids[old].tolist())[:5]} are already in the memory; "
                              "pass upsert=True to replace them")
+        # The originals first: it is the one step that can fail for reasons outside the memory (disk
+        # full, I/O error) and it is failure-atomic, so if it raises nothing has changed yet; an upsert
+        # that removed the old entries first would lose them (len - n, audit() failing).
+        keys = self.originals.append(x)
+        self._grow(self.num_keys)
         if len(old):
             self._remove_keys(old[self.locations[old] != EVICTED])
             self.locations[old] = REPLACED
             self.counters["replaced"] += len(old)
-        keys = self.originals.append(x)
-        self._grow(self.num_keys)
         self.counters["tick"] += 1
         self.counters["insert_calls"] += 1
         self.ids[keys] = ids
@@ -473,11 +492,46 @@ class TieredMemory:
         exactly from the originals (zeta 0)."""
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k={k!r} is invalid; ask for k >= 1 results")
+        q, os_ = self._search_args(queries, oversample)
+        return self._search_clamped(q, int(k), os_, rescore, record_hits, warn=True)
+
+    def _search_args(self, queries, oversample: int | None) -> tuple[np.ndarray, int]:
+        """Validated (Q, d) float32 queries and the oversample factor to use."""
         q = self._check_vectors(queries, None, name="queries", unit=False)
         os_ = self.cfg.resolved_oversample(self.warm.ivf_count) if oversample is None else int(oversample)
         if os_ < 1:
             raise ValueError(f"oversample={oversample} is invalid; use >= 1")
-        kw = k * os_ if rescore else k
+        return q, os_
+
+    def _search_clamped(self, q: np.ndarray, k: int, os_: int, rescore: bool, record_hits: bool,
+                        warn: bool) -> SearchResult:
+        """Search with k clamped to the live items, the result padded back to k columns. ``warn``:
+        ShardedMemory passes False, since a shard holding fewer than k is normal there (it warns about
+        the whole memory's count instead)."""
+        # more PQ candidates than warm codes cannot exist; ivf_count + 1 keeps the last column empty
+        # (pq_floor -inf, "the probed lists held no more") exactly as an uncapped oversample*k does
+        kw = min(k * os_ if rescore else k, self.warm.ivf_count + 1)
+        kc = self._clamp_k(k, warn)
+        if kc == k:
+            return self._search(q, k, kw, rescore, record_hits)
+        # an empty memory searches with k=1 (nothing found, counters as before) and pads as well
+        return pad_result(self._search(q, max(kc, 1), kw, rescore, record_hits), k)
+
+    def _clamp_k(self, k: int, warn: bool = True) -> int:
+        """min(k, live items), warning once per memory when that clamps. Every tier and the rescoring
+        allocate (Q, k)-sized (the warm rescoring (Q, oversample*k, d)-sized) buffers, so a k far above
+        the item count (k=100000 on 1,000 items) asked for gigabytes to return at most 1,000 hits."""
+        live = len(self)
+        if warn and k > live and not self._warned_k_clamp:
+            self._warned_k_clamp = True
+            warnings.warn(f"search k={k} exceeds the {live} live items in this memory; searching with k={live} "
+                          "and padding the other columns with id -1 / score -inf. Pass k <= len(memory) "
+                          "(this warning is shown once per memory)", stacklevel=4)
+        return min(k, live)
+
+    def _search(self, q: np.ndarray, k: int, kw: int, rescore: bool, record_hits: bool) -> SearchResult:
+        """``search`` with validated queries, 1 <= k <= max(1, live items) and kw warm candidates, so
+        every buffer is bounded by the memory's size, not by the k asked for."""
         # candidate parts (scores (Q, c), keys (Q, c), tier code, zeta (Q, c) or None); empty tiers skipped
         parts = []
         floor = np.full(len(q), -np.inf, np.float32) if rescore else None
