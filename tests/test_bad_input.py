@@ -174,7 +174,7 @@ def test_bad_tier_and_unknown_ids(memory):
     ({"hot_max_bytes": 10}, r"hot_max_bytes=10 is invalid: a hot budget must hold at least one vector \(72 bytes"),
     ({"warm_max_bytes": 10}, "warm_max_bytes=10 is invalid: a warm budget must hold at least one buffered vector"),
     ({"nlist": 10_000}, "nlist=10000 is invalid: more lists than warm items"),
-    ({"nlist": 500, "warm_max_items": 100_000, "warm_max_bytes": 1 << 21}, r"training needs 10000 buffered vectors \(2370000 bytes\) but warm_max_bytes=2097152"),
+    ({"nlist": 500, "warm_max_items": 100_000, "warm_max_bytes": 1 << 20}, r"training needs 10000 buffered vectors \(1370000 bytes\) but warm_max_bytes=1048576"),
     ({"pq_m": 5}, "pq_m=5 is invalid: pq_m must be a positive divisor of dim=16"),
     ({"hot_max_items": 0, "warm_max_items": 0}, "hot_max_items \\+ warm_max_items must be >= 1"),
     ({"dim": 0}, "dim=0"),

@@ -23,9 +23,9 @@ OVERSAMPLE_MAX = 100
 # even one item (the real per-node cost, graph links included, is measured at run time).
 _ID_BYTES = 8
 # Bytes one buffered warm item costs against warm_max_bytes: vector + id + zeta slot + the per-item
-# bookkeeping TieredMemory charges to its tier (tiered.ITEM_BOOKKEEPING_BYTES, 161; kept equal by a test).
+# bookkeeping TieredMemory charges to its tier (tiered.ITEM_BOOKKEEPING_BYTES, 61; kept equal by a test).
 # The training buffer must fit at this price, or it never reaches the training size.
-_BUFFER_ITEM_BOOKKEEPING = 161
+_BUFFER_ITEM_BOOKKEEPING = 61
 
 
 def _buffered_row_bytes(dim: int) -> int:

@@ -8,20 +8,18 @@ truth for where an item is; ``audit()`` checks them against the indexes.
 
 Bytes: every live item is charged ``ITEM_BOOKKEEPING_BYTES`` on top of its index bytes, in the tier
 that holds it (hot or warm), and the budgets cover that charge: the per-key arrays (ids 8, locations
-1, hits 8, last_access 8, zeta 4), the hot tier's id -> row slot (8) and the ``key_of`` dict entry (an
-upper bound: hash-table slot share plus two int objects). What no budget covers is reported on its
-own line, ``bookkeeping``: the same arrays and dict entries for evicted/replaced ids (the memory
-remembers every id it ever admitted, so this grows with ids ever inserted, ~150 B each) plus the
-arrays' spare capacity. ``originals_disk`` is on disk, not RAM.
+1, hits 8, last_access 8, zeta 4), the hot tier's id -> row slot (8) and the ``key_of`` id map entry
+(``IdMap``: 16 B in sorted arrays plus a bounded share of its pending dict, 24 B upper bound). What no
+budget covers is reported on its own line, ``bookkeeping``: the same arrays and id map entries for
+evicted/replaced ids (the memory remembers every id it ever admitted, so this grows with ids ever
+inserted, ~61 B each; it was ~160 B with a dict) plus the arrays' spare capacity. ``originals_disk`` is on disk, not RAM.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import shutil
-import sys
 import tempfile
 import time
 import warnings
@@ -30,6 +28,7 @@ import numpy as np
 
 from luma_pl.memory.config import MemoryConfig
 from luma_pl.memory.hot import HotTier
+from luma_pl.memory.id_map import IdMap
 from luma_pl.memory.originals import OriginalsStore
 from luma_pl.memory.policy import (
     BUFFER,
@@ -47,11 +46,11 @@ from luma_pl.memory.warm import WarmTier
 _NORM_TOL = 1e-3
 _PER_KEY_ARRAY_BYTES = 8 + 1 + 8 + 8 + 4  # ids, locations, hits, last_access, zeta
 _HOT_ROW_SLOT_BYTES = 8  # HotTier's id -> row array, indexed by key
-# CPython 3.11 dict of int -> int: at most ~60 bytes of table per entry (measured: getsizeof(d)/len(d)
-# peaks at 60 just after a resize) + two int objects (28 bytes, 32 with allocator rounding)
-_DICT_ENTRY_BYTES = 60 + 2 * 32
-ITEM_BOOKKEEPING_BYTES = _PER_KEY_ARRAY_BYTES + _HOT_ROW_SLOT_BYTES + _DICT_ENTRY_BYTES
-"""Bytes charged per live item to the tier holding it, on top of its index bytes (161)."""
+# IdMap: 16 bytes in its sorted arrays + at most ~8 bytes' share of its bounded pending dict
+# (124 B per pending entry, at most 1/16 of the ids pending; see luma_pl/memory/id_map.py)
+_ID_MAP_ENTRY_BYTES = 16 + 8
+ITEM_BOOKKEEPING_BYTES = _PER_KEY_ARRAY_BYTES + _HOT_ROW_SLOT_BYTES + _ID_MAP_ENTRY_BYTES
+"""Bytes charged per live item to the tier holding it, on top of its index bytes (61)."""
 
 
 @dataclasses.dataclass
@@ -112,7 +111,7 @@ class TieredMemory:
         self.last_access = np.zeros(cap, dtype=np.int64)  # (keys,) tick of insert or last hit
         self.zeta = np.zeros(cap, dtype=np.float32)  # (keys,) PQ error; 0 while exact
         self.labels = np.full(cap, -1, dtype=np.int64)  # (keys,) the inserter's group label (-1: none)
-        self.key_of: dict[int, int] = {}  # external id -> current key
+        self.key_of = IdMap()  # external id -> current key (sorted arrays: 16 B per id, not a dict's ~124)
         self.counters = dict(COUNTERS)
         self._zeta_max: float | None = 0.0
         # a background retraining in flight: the sample's keys and the tick at which it is installed
@@ -170,8 +169,8 @@ class TieredMemory:
         return keys
 
     def _lookup(self, ids: np.ndarray) -> np.ndarray:
-        """(n,) current key of each id, -1 for ids never inserted (dict lookups in C, no Python loop)."""
-        return np.fromiter(map(self.key_of.get, ids.tolist(), itertools.repeat(-1)), dtype=np.int64, count=len(ids))
+        """(n,) current key of each id, -1 for ids never inserted (one searchsorted, see IdMap)."""
+        return self.key_of.lookup(ids)
 
     # ------------------------------------------------------------------ per-key arrays
     def _grow(self, need: int) -> None:
@@ -205,7 +204,7 @@ class TieredMemory:
             raise ValueError(f"saved memory is inconsistent: labels has {len(labels)} rows, expected {n}")
         self.labels[:n] = labels
         live = np.flatnonzero(arrays["locations"] < 4)
-        self.key_of = dict(zip(arrays["ids"][live].tolist(), live.tolist(), strict=True))
+        self.key_of = IdMap.from_arrays(arrays["ids"][live], live)
         self.counters = {**COUNTERS, **{k: int(v) for k, v in meta["counters"].items()}}
         self.hot.restore(arrays["hot_index"], arrays["hot_ids"], arrays["hot_live"], meta["hot_rebuilds"])
         self.warm.restore(arrays["warm_index"], arrays["warm_buf_ids"], arrays["warm_buf_vecs"],
@@ -291,7 +290,7 @@ class TieredMemory:
         self.hits[keys] = 0
         self.last_access[keys] = self.counters["tick"]
         self.labels[keys] = -1 if labels is None else labels
-        self.key_of.update(zip(ids.tolist(), keys.tolist(), strict=True))
+        self.key_of.assign(ids, keys)
         self.counters["inserted"] += len(ids)
         if hot is not None:
             to_hot = hot.copy()
@@ -594,11 +593,11 @@ class TieredMemory:
         the bookkeeping (``ITEM_BOOKKEEPING_BYTES`` per live item) and faiss' spare list capacity.
         'bookkeeping' is what no budget covers: the per-key arrays' spare capacity, the hot tier's
         id -> row slots, and the arrays + ``key_of`` entries of evicted/replaced ids (memory of every id
-        ever admitted). The real dict size (``sys.getsizeof``) is used for that line, so hot + warm +
+        ever admitted). The id map's real size (``IdMap.nbytes``) is used for that line, so hot + warm +
         bookkeeping is an upper bound of the Python-side total. 'originals_disk' is on disk."""
         live = len(self.hot) + len(self.warm)
         arrays = len(self.ids) * _PER_KEY_ARRAY_BYTES + self.hot._row.nbytes
-        dict_bytes = sys.getsizeof(self.key_of) + 2 * 32 * len(self.key_of)
+        dict_bytes = self.key_of.nbytes
         total_book = arrays + dict_bytes
         outside = max(0, total_book - live * ITEM_BOOKKEEPING_BYTES)
         return {"hot": self.hot.nbytes(), "warm": self.warm.nbytes(), "bookkeeping": int(outside),
