@@ -17,6 +17,7 @@ from torch import nn
 
 from luma_pl.bridge.distributed import gather_rows, world_size
 from luma_pl.bridge.drift import DriftReport
+from luma_pl.bridge.state_checks import check_state
 from luma_pl.configuration import StrictConfig, require
 
 KINDS = ("linear", "orthogonal", "mlp")
@@ -281,6 +282,12 @@ class LearnedBridge(nn.Module):
         # interval from the loaded weights (no refresh yet, ε unknown). Where the loaded weight is not
         # stored as such (the orthogonal parametrisation), prev stays the constructed one: the first
         # interval's ε is then larger than the true change, never smaller.
+        # a checkpoint is untrusted data: refuse NaN/inf weights, shapes other than the config's and
+        # out-of-range counters before any of it is copied in (ε may be +inf: no measurement yet)
+        check_state(self, state_dict, prefix, {
+            "refreshes": dict(min_value=0), "has_ref": dict(min_value=0, max_value=1),
+            "eps_interval": dict(min_value=0.0, allow_inf=True),
+        })
         if any(k.startswith(prefix) for k in state_dict) and prefix + "refreshes" not in state_dict:
             state_dict[prefix + "refreshes"] = torch.zeros((), dtype=torch.int64)
             state_dict[prefix + "eps_interval"] = torch.tensor(float("inf"), dtype=torch.float64)

@@ -24,6 +24,7 @@ from torch import nn
 
 from luma_pl.bridge import functional as F
 from luma_pl.bridge.drift import DriftReport
+from luma_pl.bridge.state_checks import FIX, check_state
 from luma_pl.configuration import StrictConfig, require
 from luma_pl.ranks import world_size
 
@@ -252,6 +253,32 @@ class StreamingProcrustes(nn.Module):
         return DriftReport(value, against, method, certificate_applies=True)
 
     # --- checkpoint state ---------------------------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # a checkpoint is untrusted data: refuse NaN/inf, shapes other than the config's (d_c, d_s),
+        # negative counts and a W that is not semi-orthogonal before any of it is copied in
+        nonneg = dict(min_value=0)
+        ranges = {n: nonneg for n in _COUNTERS}
+        ranges["has_ref"] = dict(min_value=0, max_value=1)
+        for p in ("total_", "pending_"):
+            ranges[p + "weight"] = nonneg
+            ranges[p + "sq_s"] = nonneg
+        check_state(self, state_dict, prefix, ranges)
+        total, at = state_dict.get(prefix + "pairs_total"), state_dict.get(prefix + "pairs_at_refresh")
+        if isinstance(total, torch.Tensor) and isinstance(at, torch.Tensor) and int(at) > int(total):
+            raise ValueError(f"bridge state tensor {prefix + 'pairs_at_refresh'!r} is {int(at)}, above "
+                             f"{prefix + 'pairs_total'!r} = {int(total)}; {FIX}")
+        W, refreshes = state_dict.get(prefix + "W"), state_dict.get(prefix + "refreshes")
+        if isinstance(W, torch.Tensor) and isinstance(refreshes, torch.Tensor) and int(refreshes) > 0:
+            Wd = W.double()
+            gram = Wd.T @ Wd if Wd.shape[0] >= Wd.shape[1] else Wd @ Wd.T
+            err = float((gram - torch.eye(gram.shape[0], dtype=gram.dtype)).abs().max())
+            if err > 1e-4:
+                raise ValueError(f"bridge state tensor {prefix + 'W'!r} is not semi-orthogonal (max |WᵀW - I| = "
+                                 f"{err:.3g}, at most 1e-4 for a refreshed bridge); {FIX}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def get_extra_state(self) -> dict:
         return {"config": self.config.to_dict()}
 

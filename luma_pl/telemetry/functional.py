@@ -69,6 +69,7 @@ margin, for scores that were computed in float32 (1e-5 covers d <= 4096 unit vec
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -118,13 +119,53 @@ def normalised_epsilon(epsilon, a_norm: torch.Tensor, u_norm: torch.Tensor, affi
     """
     a_norm = torch.as_tensor(a_norm, dtype=DTYPE)
     u_norm = torch.as_tensor(u_norm, dtype=DTYPE)
-    eps = torch.as_tensor(epsilon, dtype=DTYPE)
-    if bool((eps < 0).any()) or bool(torch.isnan(eps).any()):
-        raise ValueError(f"epsilon={epsilon!r} must be >= 0 (inf is allowed: nothing is certified)")
+    eps = _check_bound(epsilon, "epsilon", "use inf when no drift bound is known (nothing is certified)")
+    if bool((~torch.isfinite(a_norm) | (a_norm < 0)).any()):
+        raise ValueError(f"a_norm has an entry {_first_bad(a_norm, finite=True)}; pass the finite norms ||a|| "
+                         "of the source queries (>= 0)")
+    if bool((~torch.isfinite(u_norm)).any()):
+        raise ValueError(f"u_norm has an entry {_first_bad(u_norm, finite=True)}; pass the finite norms "
+                         "||A a + b|| of the bridged queries (a bridge with NaN/inf weights maps nothing)")
     if bool((u_norm <= 0).any()):
         raise ValueError("u_norm has a zero entry: the bridge maps a query to 0 and no order is defined")
     D = eps * (a_norm.clamp_min(1.0) if affine else a_norm)
     return torch.where(eps == 0, torch.zeros_like(D), D / u_norm)
+
+
+def _first_bad(t: torch.Tensor, finite: bool = False) -> str:
+    """The first offending value of ``t`` (NaN, negative, or non-finite when ``finite``) as text."""
+    flat = t.reshape(-1)
+    bad = torch.isnan(flat) | (flat < 0)
+    if finite:
+        bad = bad | ~torch.isfinite(flat)
+    idx = int(bad.nonzero()[0, 0]) if bool(bad.any()) else 0
+    return f"{float(flat[idx])!r}" if flat.numel() else "(none)"
+
+
+def _check_bound(x, name: str, fix: str) -> torch.Tensor:
+    """``x`` as float64, refused unless every entry is >= 0 and not NaN (inf allowed): ε and ζ are
+    upper bounds, and a negative or NaN one would certify what is not safe."""
+    t = torch.as_tensor(x, dtype=DTYPE)
+    if bool((torch.isnan(t) | (t < 0)).any()):
+        raise ValueError(f"{name} has the value {_first_bad(t)}; it must be >= 0 and not NaN (a negative or NaN "
+                         f"bound would certify rankings that can flip); {fix}")
+    return t
+
+
+def _check_positive(x, name: str) -> float:
+    v = float(x)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name}={x!r} must be a finite number > 0 (item_norm bounds the items' norms: 1 for "
+                         "unit vectors)")
+    return v
+
+
+def _check_tol(tol) -> float:
+    v = float(tol)
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"tol={tol!r} must be a finite number >= 0 (an absolute slack on scores, e.g. 1e-5 for "
+                         "float32 scores)")
+    return v
 
 
 def pair_distance_bound(vectors: torch.Tensor, zeta: torch.Tensor | None = None, vectors_exact: bool = True,
@@ -132,9 +173,19 @@ def pair_distance_bound(vectors: torch.Tensor, zeta: torch.Tensor | None = None,
     """Upper bound on ``||x_i - x_j||`` for every candidate pair: (Q, C, d) -> (Q, C, C) float64.
 
     ``vectors_exact``: the vectors are the true items; otherwise they are x̂ and ζ_i + ζ_j is added.
-    Capped at ``2 * item_norm``.
+    Capped at ``2 * item_norm``. Empty Q or C give an empty (Q, C, C) result.
     """
+    item_norm = _check_positive(item_norm, "item_norm")
+    vectors = torch.as_tensor(vectors)
+    if vectors.ndim != 3:
+        raise ValueError(f"vectors has shape {tuple(vectors.shape)}; pass (Q, C, d) candidate vectors")
+    if zeta is not None:
+        zeta = _check_bound(zeta, "zeta", "pass each approximated vector's error bound (0 when exact)")
+        if zeta.shape != vectors.shape[:2]:
+            raise ValueError(f"zeta has shape {tuple(zeta.shape)}; it must be (Q, C) = {tuple(vectors.shape[:2])}")
     v = vectors.to(DTYPE)
+    if bool((~torch.isfinite(v)).any()):
+        raise ValueError("vectors has a NaN or inf entry; pass finite candidate vectors")
     gram = v @ v.transpose(1, 2)  # (Q, C, C)
     sq = gram.diagonal(dim1=1, dim2=2)
     d = (sq[:, :, None] + sq[:, None, :] - 2 * gram).clamp_min(0).sqrt()
@@ -171,15 +222,31 @@ def certify(scores: torch.Tensor, zeta: torch.Tensor | None, zeta_max, epsilon, 
     complete (Q,) optional: the list holds every live item (no closing term). Default: fewer valid
         candidates than C.
     """
+    scores = torch.as_tensor(scores)
     if scores.ndim != 2:
         raise ValueError(f"scores has shape {tuple(scores.shape)}; pass (Q, C) candidate scores, best first")
-    if not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k={k!r} must be a positive int")
+    R = _check_positive(item_norm, "item_norm")
+    tol = _check_tol(tol)
     Q, C = scores.shape
     s = scores.to(DTYPE)
-    valid = torch.isfinite(s) if valid is None else valid.to(torch.bool)
+    valid = torch.isfinite(s) if valid is None else torch.as_tensor(valid).to(torch.bool)
     if valid.shape != (Q, C):
         raise ValueError(f"valid has shape {tuple(valid.shape)}; it must match scores {(Q, C)}")
+    if bool((valid & torch.isnan(s)).any()):
+        raise ValueError("scores has a NaN in a valid slot; pass finite scores (-inf for empty slots)")
+    if zeta is not None:
+        zeta = torch.as_tensor(zeta)
+        if zeta.shape != (Q, C):
+            raise ValueError(f"zeta has shape {tuple(zeta.shape)}; it must match scores {(Q, C)}")
+        _check_bound(torch.where(valid, zeta.to(DTYPE), torch.zeros((), dtype=DTYPE)), "zeta",
+                     "pass each candidate's score error bound (0 for exact scores)")
+    zm = _check_bound(_as_q(zeta_max, Q, "zeta_max"), "zeta_max",
+                      "pass the score error bound of unreturned items (0 for an exact search)")
+    eps = _check_bound(_as_q(epsilon, Q, "epsilon"), "epsilon", "use inf when no drift bound is known")
+    if C == 0:
+        return _no_candidates(Q, k, eps, zm)
     n_valid = valid.sum(1)
     if C and bool((valid[:, 1:] & ~valid[:, :-1]).any()):
         raise ValueError("valid candidates must come first in each row (pad empty slots at the end)")
@@ -190,14 +257,9 @@ def certify(scores: torch.Tensor, zeta: torch.Tensor | None, zeta_max, epsilon, 
         if bool(((diffs < 0) & pair_ok).any()):
             raise ValueError("scores must be sorted descending within each row (best candidate first)")
     z = torch.zeros_like(s) if zeta is None else torch.where(valid, zeta.to(DTYPE), torch.zeros_like(s))
-    if zeta is not None and zeta.shape != (Q, C):
-        raise ValueError(f"zeta has shape {tuple(zeta.shape)}; it must match scores {(Q, C)}")
-    zm = _as_q(zeta_max, Q, "zeta_max")
-    eps = _as_q(epsilon, Q, "epsilon")
-    if bool((eps < 0).any()) or bool(torch.isnan(eps).any()):
-        raise ValueError("epsilon must be >= 0 (and not NaN); use inf when no bound is known")
-    complete = (n_valid < C) if complete is None else complete.to(torch.bool)
-    R = float(item_norm)
+    complete = (n_valid < C) if complete is None else torch.as_tensor(complete).to(torch.bool)
+    if complete.shape != (Q,):
+        raise ValueError(f"complete has shape {tuple(complete.shape)}; pass one flag per query ({Q},)")
     inf = torch.tensor(torch.inf, dtype=DTYPE)
     rows = torch.arange(Q)
 
@@ -241,7 +303,7 @@ def certify(scores: torch.Tensor, zeta: torch.Tensor | None, zeta_max, epsilon, 
         allk = torch.cat([pk, ck[:, :, None]], dim=2)  # last column: closing
     else:
         allk = ck[:, :, None]
-    flat_min, flat_arg = allk.reshape(Q, -1).min(1)
+    flat_min, flat_arg = allk.reshape(Q, allk.shape[1] * allk.shape[2]).min(1)
     width = allk.shape[2]
     crit_k = torch.stack([flat_arg // width, torch.where(flat_arg % width == width - 1, C, kk + flat_arg % width)], 1)
     slackk = torch.where(n_valid >= 1, flat_min, -inf)
@@ -266,8 +328,30 @@ def certify(scores: torch.Tensor, zeta: torch.Tensor | None, zeta_max, epsilon, 
     )
 
 
+def _no_candidates(Q: int, k: int, eps: torch.Tensor, zm: torch.Tensor) -> Certificate:
+    """The certificate of Q queries with no candidate slot (C = 0): nothing is certified."""
+    nan = torch.full((Q,), torch.nan, dtype=DTYPE)
+    no = torch.zeros(Q, dtype=torch.bool)
+    ninf = torch.full((Q,), -torch.inf, dtype=DTYPE)
+    return Certificate(
+        k=k, margin_top2=nan, margin_at_k=nan.clone(), epsilon=eps, zeta_1=torch.zeros(Q, dtype=DTYPE), zeta_max=zm,
+        slack_at_1=ninf, slack_at_k=ninf.clone(), safe_at_1=no, safe_at_k=no.clone(), crude_safe_at_1=no.clone(),
+        crude_safe_at_k=no.clone(), critical_at_1=torch.zeros(Q, dtype=torch.long),
+        critical_at_k=torch.zeros((Q, 2), dtype=torch.long),
+    )
+
+
 def top_changed(ids_before: torch.Tensor, ids_after: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Did the top-1 / the top-k *set* change? ids (Q, >= k) -> two (Q,) bool tensors."""
+    """Did the top-1 / the top-k *set* change? ids (Q, >= k) -> two (Q,) bool tensors (empty for Q = 0)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k={k!r} must be a positive int")
+    ids_before, ids_after = torch.as_tensor(ids_before), torch.as_tensor(ids_after)
+    for name, t in (("ids_before", ids_before), ("ids_after", ids_after)):
+        if t.ndim != 2 or t.shape[1] < k:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}; pass (Q, >= k={k}) result ids")
+    if ids_before.shape[0] != ids_after.shape[0]:
+        raise ValueError(f"ids_before has {ids_before.shape[0]} queries and ids_after {ids_after.shape[0]}; "
+                         "pass the results of the same queries")
     a, b = ids_before[:, :k], ids_after[:, :k]
     top1 = a[:, 0] != b[:, 0]
     sa, _ = a.sort(1)
