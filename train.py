@@ -9,10 +9,13 @@ Resume with ``--ckpt_path <file>``: the stream position, bridge, memory and coun
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 from data_modules.stream_replay import StreamReplayDataModule
-from luma_pl.modules.common import BridgeModuleBase
+from luma_pl.modules.common import BridgeModuleBase, check_hparams
 from luma_pl.threads import limit_cpu_threads
 
 CONFIG_FILENAME = "luma_config.yaml"
@@ -24,6 +27,50 @@ class LumaCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         limit_cpu_threads()
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI rebuilds the model from the checkpoint's hyper-parameters and imports the
+        # class its ``_class_path`` names: a checkpoint is untrusted, so that name must be one of our
+        # own modules (and nothing nested may name a class) BEFORE the parent parses anything
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+            hparams = ckpt.get("hyper_parameters", {}) or {}
+            check_hparams(hparams, f"ckpt_path={ckpt_path!r}")
+            asked = self._asked_bridge_fields(sub, hparams)
+            super()._parse_ckpt_path()
+            # the checkpoint's hyper-parameters replaced the whole model config: put back the bridge
+            # fields this run asks for (the module's on_load_checkpoint applies the resumable ones and
+            # refuses the others with the flag to pass)
+            bridge = self.config[sub].model.init_args.get("bridge") if asked else None
+            for k, v in asked.items():
+                bridge[k] = v
+            return
+        super()._parse_ckpt_path()
+
+    def _asked_bridge_fields(self, sub: str, hparams: dict) -> dict:
+        """Bridge fields of this run's config that differ from both the checkpoint's and the field's
+        default (a value equal to its default cannot be told apart from one left unset: the
+        checkpoint's value is kept, as LightningCLI does)."""
+        import dataclasses
+
+        from luma_pl.bridge.learned import LearnedBridgeConfig
+        from luma_pl.bridge.procrustes import ProcrustesConfig
+
+        model = self.config[sub].get("model")
+        init = model.get("init_args") if model is not None else None
+        bridge = init.get("bridge") if init is not None else None
+        saved = hparams.get("bridge")
+        if bridge is None or not isinstance(saved, dict):
+            return {}
+        cls = LearnedBridgeConfig if "kind" in saved else ProcrustesConfig
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        asked = {}
+        for k, v in vars(bridge).items():
+            if k in saved and k in defaults and v != saved[k] and v != defaults[k]:
+                asked[k] = v
+        return asked
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         # a checkpoint from elsewhere must never run code: load it with weights_only=True unless the

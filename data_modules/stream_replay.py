@@ -378,14 +378,46 @@ class StreamReplayDataModule(pl.LightningDataModule):
                 "replay/events_skipped": float(self.events_skipped),
                 **{f"replay/skipped/{code}": float(self.skip_reasons.get(code, 0)) for code in SKIP_CODES}}
 
+    def _position_settings(self) -> dict:
+        """What the saved stream position means something under: the batch plan is a function of
+        these (``plan_replay``), so a resume with any of them changed would skip the wrong events.
+        num_workers 0 and 1 both mean one reader per rank (the same plan)."""
+        import hashlib
+        import json
+
+        manifest = self.dataset.manifest if self.dataset is not None else load_manifest(self.cfg.root)
+        shards = [[sh.name, int(sh.events)] for sh in manifest.shards]
+        return {"batch_size": int(self.cfg.batch_size), "world_size": int(self._rank_world()[1]),
+                "num_workers": max(int(self.cfg.num_workers), 1), "drop_last": bool(self.cfg.drop_last),
+                "shards": hashlib.sha256(json.dumps(shards).encode()).hexdigest()[:16]}
+
     def state_dict(self) -> dict:
         return {"batches_consumed": self.batches_consumed, "events_seen": self.events_seen,
-                "skipped_total": self.skipped_total, "ts_out_of_order": self.ts_out_of_order}
+                "skipped_total": self.skipped_total, "ts_out_of_order": self.ts_out_of_order,
+                "events_skipped": self.events_skipped, "skip_reasons": dict(self.skip_reasons),
+                "position_settings": self._position_settings()}
 
     def load_state_dict(self, state: dict) -> None:
+        saved = state.get("position_settings")  # absent in checkpoints written before it was recorded
+        if isinstance(saved, dict):
+            now = self._position_settings()
+            flag = {"batch_size": "--data.batch_size", "num_workers": "--data.num_workers",
+                    "drop_last": "--data.drop_last", "world_size": "--trainer.devices (x num_nodes)",
+                    "shards": "--data.root (the same shards)"}
+            for key, fix in flag.items():
+                if key in saved and saved[key] != now[key]:
+                    what = ("the shard list (names + event counts of the manifest) has fingerprint"
+                            if key == "shards" else key)
+                    raise ValueError(
+                        f"resume: the checkpoint's stream position was saved with {what}={saved[key]!r}, this run has "
+                        f"{key}={now[key]!r}; the batches already consumed would be replayed or skipped wrongly. "
+                        f"Resume with {fix}={saved[key]!r}, or start a new run (no --ckpt_path)")
         self.batches_consumed = int(state["batches_consumed"])
         self.events_seen = int(state.get("events_seen", 0))
         self.skipped_total = int(state.get("skipped_total", 0))
+        self.events_skipped = int(state.get("events_skipped", 0))
+        reasons = state.get("skip_reasons", {})
+        self.skip_reasons = {str(k): int(v) for k, v in reasons.items()} if isinstance(reasons, dict) else {}
         self.ts_out_of_order = int(state.get("ts_out_of_order", 0))
         self._resume = self.batches_consumed
         if self.dataset is not None:

@@ -56,6 +56,56 @@ class BridgeModuleConfig(StrictConfig):
                 self.stream_queries_k, "use an int >= 0 (0 = the training stream asks the memory nothing)")
 
 
+# The LightningModules a checkpoint's ``_class_path`` hyper-parameter may name. A checkpoint is
+# untrusted data and LightningCLI imports whatever class path it holds (``fit --ckpt_path``), so the
+# name is checked against this list before anything is imported (issue 13).
+MODULE_CLASS_PATHS = {
+    "luma_pl.modules.bridge_module.ProcrustesBridgeModule": "luma_pl.modules.bridge_module.ProcrustesBridgeModule",
+    "luma_pl.modules.ProcrustesBridgeModule": "luma_pl.modules.bridge_module.ProcrustesBridgeModule",
+    "luma_pl.modules.learned_bridge_module.LearnedBridgeModule": "luma_pl.modules.learned_bridge_module.LearnedBridgeModule",
+    "luma_pl.modules.LearnedBridgeModule": "luma_pl.modules.learned_bridge_module.LearnedBridgeModule",
+}
+
+
+def check_class_path(value, argument: str) -> str:
+    """The canonical class path of ``value`` if it names one of the project's own bridge
+    LightningModules, else a ``ValueError`` naming ``argument``; never imports anything."""
+    if not isinstance(value, str) or value not in MODULE_CLASS_PATHS:
+        raise ValueError(f"{argument}: the checkpoint's _class_path={value!r} is not one of luma-pl's bridge modules "
+                         f"({sorted(set(MODULE_CLASS_PATHS.values()))}); it was not imported. Pass a checkpoint "
+                         "written by train.py")
+    return MODULE_CLASS_PATHS[value]
+
+
+def _nested_class_paths(x, path: str = "") -> list[str]:
+    """Every ``class_path``/``_class_path``/``_instantiator`` key nested in a hyper-parameter dict."""
+    found = []
+    if isinstance(x, dict):
+        for k, v in x.items():
+            if k in ("class_path", "_class_path", "_instantiator"):
+                found.append(f"{path}{k}")
+            found += _nested_class_paths(v, f"{path}{k}.")
+    elif isinstance(x, (list, tuple)):
+        for i, v in enumerate(x):
+            found += _nested_class_paths(v, f"{path}{i}.")
+    return found
+
+
+def check_hparams(hparams: dict, argument: str) -> str | None:
+    """Check a checkpoint's ``hyper_parameters`` before LightningCLI parses (and imports) them: the
+    top-level ``_class_path`` must be allow-listed and nothing nested may name a class to import.
+    Returns the canonical class path (None when the checkpoint has none)."""
+    if not isinstance(hparams, dict):
+        raise ValueError(f"{argument}: the checkpoint's hyper_parameters is a {type(hparams).__name__}, expected a "
+                         "dict; pass a checkpoint written by train.py")
+    rest = {k: v for k, v in hparams.items() if k not in ("_class_path", "_instantiator")}
+    nested = _nested_class_paths(rest)
+    if nested:
+        raise ValueError(f"{argument}: the checkpoint's hyper_parameters name classes to import at {nested}; "
+                         "luma-pl checkpoints hold plain values only. Pass a checkpoint written by train.py")
+    return check_class_path(hparams["_class_path"], argument) if "_class_path" in hparams else None
+
+
 class BridgeModuleBase(LightningModule):
     """Subclasses set ``self.bridge`` (forward: (N, d_s) -> unit (N, d_c)) and ``self.cfg``."""
 
@@ -81,6 +131,40 @@ class BridgeModuleBase(LightningModule):
         self.save_hyperparameters({
             "_class_path": f"{cls.__module__}.{cls.__qualname__}", **configs,
             "memory": None if self.memory_cfg is None else self.memory_cfg.to_dict(), "memory_dir": self.memory_dir})
+
+    # bridge config fields a resumed run may change: schedule and loss knobs whose new value applies
+    # from the resume on (the saved statistics/weights stay valid); any other field (dimensions, kind,
+    # centring, activation...) changes what the saved tensors mean and is refused
+    RESUMABLE_BRIDGE_FIELDS = ("lam", "refresh_every", "sync_every", "reference", "lr", "weight_decay",
+                               "mse_weight", "gather_negatives", "max_logit_scale", "init_temperature")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """``Trainer.fit(ckpt_path=...)``: the bridge config this module was built with is the one the
+        run asked for. The checkpoint's config (``bridge._extra_state``) would otherwise win silently
+        in ``set_extra_state``: resumable fields take this module's value, others must agree."""
+        extra = checkpoint.get("state_dict", {}).get("bridge._extra_state")
+        saved = extra.get("config") if isinstance(extra, dict) else None
+        if not isinstance(saved, dict):
+            return  # bridge_from_state / set_extra_state report a missing config
+        mine = self.bridge.config.to_dict()
+        changed = {k: (saved[k], v) for k, v in mine.items() if k in saved and saved[k] != v}
+        fixed = {k: ov for k, ov in changed.items() if k not in self.RESUMABLE_BRIDGE_FIELDS}
+        if fixed:
+            k, (old, new) = next(iter(fixed.items()))
+            raise ValueError(f"resume: the checkpoint's bridge has {k}={old!r} but this run asks for {k}={new!r}; "
+                             f"{k} cannot change on resume (the saved tensors depend on it). Resume with "
+                             f"--model.init_args.bridge.{k}={old!r}, or start a new run (no --ckpt_path)")
+        if changed:
+            checkpoint["state_dict"]["bridge._extra_state"] = {**extra, "config": {**saved, **{
+                k: new for k, (_, new) in changed.items()}}}
+            for opt in checkpoint.get("optimizer_states", []) or []:  # the optimizer's saved lr would win too
+                for i, group in enumerate(opt.get("param_groups", [])):
+                    if "lr" in changed:
+                        group["lr"] = changed["lr"][1]
+                    if "weight_decay" in changed and i == 0:  # group 0: the map's weights (make_optimizer)
+                        group["weight_decay"] = changed["weight_decay"][1]
+            rank_zero_warn(f"resume: bridge settings changed from the checkpoint's and applied from now on: "
+                           f"{ {k: f'{o!r} -> {n!r}' for k, (o, n) in changed.items()} }")
 
     # --- the memory the callbacks drive ------------------------------------------------------------
     def _set_memory(self, memory, memory_dir: str | None) -> None:
