@@ -132,3 +132,40 @@ def test_evaluate_two_ddp_ranks_equal_one_process(tmp_path):
         assert two["summary"][key] == pytest.approx(one["summary"][key], rel=1e-9, abs=1e-12), key
     for a, b in zip(one["series"], two["series"], strict=True):
         assert a["recall@k"] == pytest.approx(b["recall@k"], abs=1e-12)
+
+
+def test_evaluate_counts_hostile_content_and_runs_with_k_above_the_memory(tmp_path):
+    """Issue 13: a shard with an events.json of the wrong type and a finite row of norm ~3e38 is
+    replayed with those events counted (no crash inside the memory), and k far above the items held
+    warns and runs."""
+    import tarfile
+    import warnings
+
+    from tar_helpers import add_member, npy_bytes
+
+    from data_modules.shard_format import list_shards, scan_manifest, write_manifest
+    from evaluate import run_evaluation
+
+    _stream(tmp_path / "shards", n=256)
+    rng = np.random.default_rng(1)
+    with tarfile.open(tmp_path / "shards" / "events-000002.tar", "w") as tar:
+        add_member(tar, "bad.events.json", b"[1, 2, 3]")  # valid JSON, wrong type
+        add_member(tar, "bad.ts.npy", npy_bytes(np.arange(300, 303)))
+        huge = _unit(rng.standard_normal((2, 24)))
+        huge[1] = 1e37  # finite, norm ~5e37
+        add_member(tar, "h.events.json", json.dumps({"keys": ["h0", "h1"]}).encode())
+        add_member(tar, "h.ts.npy", npy_bytes(np.arange(400, 402)))
+        add_member(tar, "h.dst.npy", npy_bytes(huge))
+        add_member(tar, "h.src.npy", npy_bytes(_unit(rng.standard_normal((2, 16)))))
+        add_member(tar, "h.query_src.npy", npy_bytes(_unit(rng.standard_normal((2, 16)))))
+    folder = tmp_path / "shards"
+    manifest = scan_manifest(list_shards(folder), root=folder)
+    write_manifest(manifest, folder)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary, cli = run_evaluation(_args(folder, tmp_path / "run", ["--trainer.logger", "false",
+                                                                       "--model.eval.k", "100000"]))
+    assert summary["events"] == 256 + 2 and summary["replay_events_skipped"] == 3
+    assert summary["replay_skipped"] == 3  # the bad block (+2 rows reconciled) and the masked row
+    assert len(cli.model.memory) == 256 + 1  # h1's item row was masked, h0 was ingested
+    assert any("exceeds the" in str(w.message) for w in caught), [str(w.message) for w in caught]

@@ -54,6 +54,8 @@ def summarise(series: list[dict], k: int, latency: LatencyHistogram | None = Non
             "hot_items": last["hot_items"], "warm_items": last["warm_items"], "evicted": last["evicted"],
             "dropped": last["dropped"], "hot_bytes": last["hot_bytes"], "warm_bytes": last["warm_bytes"],
             "duplicates_skipped": int(sum(p.get("duplicates_skipped", 0) for p in series)),
+            "replay_skipped": int(sum(p.get("replay_skipped", 0) for p in series)),
+            "replay_events_skipped": int(sum(p.get("replay_events_skipped", 0) for p in series)),
             "wall_s": last["wall_s"]}
 
 

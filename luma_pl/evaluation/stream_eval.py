@@ -54,7 +54,7 @@ from luma_pl.telemetry.resources import resident_set_bytes
 # window sums, all-reduced across ranks: one float64 vector in this order
 SUMS = ("queries", "hit", "recall", "mrr", "ndcg", "safe1", "safek", "crude1",
         "eps_q", "zeta1", "margin_top2", "ingested", "fresh_queries_hit", "fresh_queries", "old_queries_hit",
-        "old_queries", "duplicates")
+        "old_queries", "duplicates", "replay_skipped", "replay_events_skipped")
 
 
 @dataclasses.dataclass
@@ -239,6 +239,9 @@ class StreamEvaluator(pl.LightningModule):
         # a key replayed twice (a stream that repeats an event, or two shards that overlap) is
         # skipped and counted, not inserted twice. Every rank sees every batch, so the check is
         # replicated (a set of the ids seen) and every rank's admission state stays identical.
+        if rank == 0:  # the reader's counted skips (replicated replay: every rank sees the same batch)
+            self._sums[SUMS.index("replay_skipped")] += int(batch.get("skipped", 0))
+            self._sums[SUMS.index("replay_events_skipped")] += int(batch.get("events_skipped", 0))
         if B:
             fresh = self._seen.first_arrivals(ids, item_ok)
             if rank == 0:  # replicated counts are counted once (the window sums are all-reduced)
@@ -397,6 +400,7 @@ class StreamEvaluator(pl.LightningModule):
                  "hot_bytes": by_tier["hot"], "warm_bytes": by_tier["warm"],
                  "dropped": float(self.admission.prefilter.dropped) if self.admission is not None else 0.0,
                  "duplicates_skipped": s["duplicates"],
+                 "replay_skipped": s["replay_skipped"], "replay_events_skipped": s["replay_events_skipped"],
                  "prototype_members": float(self.prototypes.held()) if self.prototypes is not None else 0.0,
                  "rss_mb": resident_set_bytes() / 2**20, "query_pool": float(len(self._pool)),
                  "wall_s": time.perf_counter() - self._t0}

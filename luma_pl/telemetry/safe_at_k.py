@@ -28,6 +28,13 @@ class EpsilonChoice:
     affine: bool
     """The bound includes an offset change (centred bridge): D = ε max(||a||, 1)."""
 
+    def __post_init__(self) -> None:
+        if self.source not in F.EPSILON_SOURCES:
+            raise ValueError(f"source={self.source!r}: use one of {F.EPSILON_SOURCES}")
+        if not isinstance(self.value, (int, float)) or isinstance(self.value, bool) or not (self.value >= 0):
+            raise ValueError(f"value={self.value!r} (epsilon from {self.source!r}) must be a number >= 0 and not "
+                             "NaN; use inf when no drift bound is known")
+
 
 def choose_epsilon(bridge, source: str = "interval", value: float | None = None) -> EpsilonChoice:
     """ε for the certificate (docs/design.md section 6).
@@ -43,13 +50,20 @@ def choose_epsilon(bridge, source: str = "interval", value: float | None = None)
     if source == "frozen":
         return EpsilonChoice(0.0, source, affine)
     if source == "given":
-        if value is None or not (value >= 0):
-            raise ValueError(f"source='given' needs value >= 0 (got {value!r})")
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0):
+            raise ValueError(f"source='given' needs value >= 0, not NaN (got value={value!r}); use inf when no "
+                             "bound is known")
         return EpsilonChoice(float(value), source, affine)
     if bridge is None:
         raise ValueError(f"source={source!r} needs a bridge to measure drift on")
     v = bridge.epsilon() if source == "interval" else bridge.drift_from_reference()
-    return EpsilonChoice(float(v), source, affine)
+    v = math.inf if v is None else float(v)
+    if not (v >= 0):
+        method = "epsilon()" if source == "interval" else "drift_from_reference()"
+        raise ValueError(f"the bridge's {method} is {v!r}: a drift bound must be >= 0 and not NaN (the bridge's "
+                         "weights are probably corrupt); reload the bridge from a good checkpoint or pass "
+                         "source='given' with value=")
+    return EpsilonChoice(v, source, affine)
 
 
 def _affine(bridge) -> bool:
@@ -121,7 +135,17 @@ def certify_search(result, k: int, epsilon_q: torch.Tensor, memory=None, rescore
     the closing term bounds unreturned items by ``max(ŝ_last, p_last + ζ_max)``. Without it (a result
     from elsewhere), every rescored candidate has exact score >= p_last - ζ_max, so
     ``s_y <= ŝ_last + 2 ζ_max``.
+
+    Empty slots past the last valid candidate of every row are cut down to one before anything
+    is computed: a search with k far above the live items (padded to k columns) certifies exactly
+    as its valid columns plus one empty slot (which still marks a row as complete), instead of
+    building (Q, k, d) vectors and (Q, k, k) pair bounds.
     """
+    ids = np.asarray(result.ids)
+    width = min(ids.shape[1], int((ids >= 0).sum(1).max(initial=0)) + 1)
+    if width < ids.shape[1]:
+        result = dataclasses.replace(result, ids=ids[:, :width], scores=np.asarray(result.scores)[:, :width],
+                                     zeta=np.asarray(result.zeta)[:, :width])
     scores = torch.from_numpy(np.asarray(result.scores))
     zeta = torch.from_numpy(np.asarray(result.zeta))
     vectors, exact = None, False
