@@ -14,19 +14,54 @@ from pathlib import Path
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+from callbacks.heavy_hitter_admission import HeavyHitterAdmission
 from data_modules.stream_replay import StreamReplayDataModule
+from luma_pl.admission.pipeline import AdmissionConfig
 from luma_pl.modules.common import BridgeModuleBase, check_hparams
 from luma_pl.threads import limit_cpu_threads
 
 CONFIG_FILENAME = "luma_config.yaml"
 
 
+def add_admission_group(parser) -> None:
+    """The top-level ``admission`` group, the same in train.py and evaluate.py, so one overlay
+    (``configs/ablation_*.yaml``) configures admission in both: train.py hands it to the
+    ``HeavyHitterAdmission`` callback, evaluate.py to ``StreamEvaluator(admission=...)``."""
+    parser.add_argument("--admission", type=AdmissionConfig | None, default=None,
+                        help="Heavy-hitter admission (luma_pl.admission.pipeline.AdmissionConfig); "
+                             "None keeps what the callback / model config says")
+
+
+def apply_admission(admission, callbacks) -> None:
+    """Give train.py's ``admission`` group to its ``HeavyHitterAdmission`` callback; refused with the
+    fix when no such callback is configured (the group would otherwise do nothing, silently)."""
+    found = [cb for cb in callbacks if isinstance(cb, HeavyHitterAdmission)]
+    if not found:
+        raise ValueError("admission: is set but trainer.callbacks has no callbacks.heavy_hitter_admission."
+                         "HeavyHitterAdmission; add one (see configs/default.yaml) or drop the admission group")
+    if hasattr(admission, "as_dict"):  # the parsed group is a jsonargparse Namespace (nested keys)
+        admission = admission.as_dict()
+    cfg = admission if isinstance(admission, AdmissionConfig) else AdmissionConfig.from_dict(dict(admission))
+    for cb in found:
+        cb.configure(cfg)
+
+
 class LumaCLI(LightningCLI):
     """LightningCLI with luma-pl defaults: one thread per process on CPU, config saved without
     colliding with W&B's own ``config.yaml``."""
 
+    def add_arguments_to_parser(self, parser) -> None:
+        add_admission_group(parser)
+
     def before_instantiate_classes(self) -> None:
         limit_cpu_threads()
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        sub = self.config.get("subcommand")
+        admission = (self.config[sub] if sub else self.config).get("admission")
+        if admission is not None:
+            apply_admission(admission, self.trainer.callbacks)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI rebuilds the model from the checkpoint's hyper-parameters and imports the

@@ -78,6 +78,17 @@ class HeavyHitterAdmission(pl.Callback):
         self.seen = SeenIds()
         self.replayed = 0
 
+    def configure(self, config: AdmissionConfig | dict) -> None:
+        """Replace the admission config before the run starts (train.py's top-level ``admission``
+        group, the one evaluate.py reads too, lands here). Refused once the pipeline is built: its
+        counters and clusters were made under the old config."""
+        if self.pipeline is not None:
+            raise RuntimeError("HeavyHitterAdmission.configure: the admission pipeline is already built; "
+                               "configure it before Trainer.fit")
+        cfg = config if isinstance(config, AdmissionConfig) else AdmissionConfig.from_dict(config)
+        cfg.validate()
+        self.cfg = cfg
+
     @staticmethod
     def memory_of(pl_module: pl.LightningModule):
         memory = getattr(pl_module, "memory", None)

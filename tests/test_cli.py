@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from data_modules.shard_writer import write_blocks
 from train import CONFIG_FILENAME, cli_main
@@ -35,7 +36,16 @@ def test_every_config_instantiates(config, tmp_path):
 
         cli = EvalCLI(StreamEvaluator, StreamReplayDataModule, run=False, args=args)
         if config.name.startswith("ablation_"):
-            assert cli.model.admission_cfg is not None
+            # one overlay, both entry points: train.py's admission callback gets the same config
+            from callbacks.heavy_hitter_admission import HeavyHitterAdmission
+            from luma_pl.admission.pipeline import AdmissionConfig
+
+            want = AdmissionConfig.from_dict(yaml.safe_load(config.read_text())["admission"])
+            assert cli.model.admission_cfg == want
+            train = cli_main(["--config", str(DEFAULT), "--config", str(config), "--data.root", str(tmp_path),
+                              "--trainer.default_root_dir", str(tmp_path)], run=False)
+            (cb,) = [c for c in train.trainer.callbacks if isinstance(c, HeavyHitterAdmission)]
+            assert cb.cfg == want
     else:
         cli = cli_main(args, run=False)
     assert cli.model is not None and cli.datamodule is not None
@@ -52,6 +62,12 @@ def test_a_misspelled_or_ill_typed_key_is_rejected_when_the_config_is_parsed(tmp
         cli_main(["fit", "--config", str(DEFAULT), "--data.root", str(tmp_path), *override, "--print_config"])
     err = capsys.readouterr().err
     assert re.search(expected, err, re.S), err[-2000:]
+
+
+def test_an_admission_group_without_its_callback_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="no callbacks.heavy_hitter_admission.HeavyHitterAdmission"):
+        cli_main(["--config", str(DEFAULT), "--data.root", str(tmp_path), "--trainer.callbacks", "[]",
+                  "--admission.mode", "items"], run=False)
 
 
 def test_a_dict_passed_in_python_is_still_checked():

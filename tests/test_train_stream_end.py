@@ -81,3 +81,19 @@ def test_fit_on_a_stream_with_repeated_keys_and_hostile_rows_finishes(tmp_path):
     memory = cli.model.memory
     assert len(memory) <= n // 2 and memory.audit()
     assert int(cli.model.bridge.pairs_total) == n - 1  # every pair with both rows, the masked one excepted
+
+
+@pytest.mark.parametrize("overlay", ["ablation_count_min.yaml", "ablation_prototypes.yaml"])
+def test_fit_with_an_admission_overlay_shared_with_evaluate(tmp_path, overlay):
+    """The ablation overlays are one top-level ``admission`` group for train.py and evaluate.py."""
+    from callbacks.heavy_hitter_admission import HeavyHitterAdmission
+
+    n = 300
+    s, c = _pairs(n, seed=3)
+    write_blocks(tmp_path / "shards", keys=[f"{i:05d}" for i in range(n)], ts=np.arange(n),
+                 emb={"wordllama": s, "minilm": c, "query_wordllama": s}, block_events=50, events_per_shard=100)
+    cli = _fit(tmp_path, tmp_path / "shards", 50, ["--config", str(DEFAULT.with_name(overlay))])
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, HeavyHitterAdmission)]
+    assert cb.cfg.mode == ("prototypes" if "prototypes" in overlay else "items")
+    assert cb.cfg.counter.policy == ("space_saving" if "prototypes" in overlay else "count_min")
+    assert cb.pipeline is not None and cli.model.memory.audit()
