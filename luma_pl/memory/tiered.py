@@ -467,8 +467,9 @@ class TieredMemory:
 
         Triggered automatically every ``migrate_every_n_searches`` recorded searches when that setting
         is > 0 (default 0: the caller decides). Inside a Lightning run, ``callbacks/tier_migration.py``
-        (TierMigration) promotes and demotes on its own access statistics every n batches without
-        calling this method; use one of the two, not both, or they fight over the hot tier."""
+        schedules the other rule, ``luma_pl.memory.migration.HitMigration`` (promotes and demotes on
+        counted hits); it refuses a memory with ``migrate_every_n_searches > 0``, so the two never
+        fight over the hot tier."""
         keys = np.concatenate([self.keys_in(WARM), self.keys_in(BUFFER)])
         keys = keys[self.hits[keys] >= self.cfg.promote_min_hits]
         keys = keys[np.argsort(-self.hits[keys], kind="stable")][: max(1, self.hot_capacity() // 2)]
