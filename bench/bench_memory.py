@@ -313,6 +313,9 @@ def main() -> None:
 def grid(mem: TieredMemory, q: np.ndarray, truth: np.ndarray, k: int) -> list[dict]:
     """Recall@k and single-query p50 over nprobe x oversample on the built memory (1 = no rescoring)."""
     rows = []
+    if mem.warm.index is None:  # the warm tier never reached its training size: nothing to tune
+        print("grid: skipped, the warm tier is untrained (every item is hot or buffered exact)", flush=True)
+        return rows
     nlist = mem.warm.index.nlist
     qs = q[:100]
     for nprobe in (8, 16, 32):
