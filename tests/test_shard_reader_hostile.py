@@ -37,6 +37,14 @@ def _block(tar, bkey, meta, ts, emb):
         add_member(tar, f"{bkey}.x.npy", npy_bytes(emb))
 
 
+def _write_events(folder, n, per_shard, seed, prefix="e", ts0=0):
+    """n unit-vector event samples e0..e{n-1} in shards of per_shard."""
+    rng = np.random.default_rng(seed)
+    with ShardSetWriter(folder, "f", per_shard) as w:
+        for i in range(n):
+            w.write_event(ts=ts0 + i, key=f"{prefix}{i}", emb={"x": _unit(rng, 1)[0]})
+
+
 def _good_meta(prefix, n):
     return {"keys": [f"{prefix}{i}" for i in range(n)], "topics": [""] * n, "text": {}}
 
@@ -163,10 +171,7 @@ def torch_from(x):
 
 
 def test_manifest_listing_fewer_events_counts_the_surplus_per_event(tmp_path):
-    rng = np.random.default_rng(3)
-    with ShardSetWriter(tmp_path, "f", 100) as w:
-        for i in range(20):
-            w.write_event(ts=i, key=f"e{i}", emb={"x": _unit(rng, 1)[0]})
+    _write_events(tmp_path, 20, 100, seed=3)
     m = load_manifest(tmp_path)
     m.shards[0].events = 9  # lists 9 of the 20
     write_manifest(m, tmp_path)
@@ -177,10 +182,7 @@ def test_manifest_listing_fewer_events_counts_the_surplus_per_event(tmp_path):
 
 
 def test_manifest_listing_more_events_counts_the_shortfall(tmp_path):
-    rng = np.random.default_rng(4)
-    with ShardSetWriter(tmp_path, "f", 100) as w:
-        for i in range(10):
-            w.write_event(ts=i, key=f"e{i}", emb={"x": _unit(rng, 1)[0]})
+    _write_events(tmp_path, 10, 100, seed=4)
     m = load_manifest(tmp_path)
     m.shards[0].events = 17
     write_manifest(m, tmp_path)
@@ -190,15 +192,10 @@ def test_manifest_listing_more_events_counts_the_shortfall(tmp_path):
 
 
 def test_shard_replaced_after_planning_is_reported_and_reconciled(tmp_path):
-    rng = np.random.default_rng(5)
-    with ShardSetWriter(tmp_path, "f", 8) as w:
-        for i in range(16):
-            w.write_event(ts=i, key=f"e{i}", emb={"x": _unit(rng, 1)[0]})
+    _write_events(tmp_path, 16, 8, seed=5)
     ds = StreamReplayDataset(ReplayConfig(root=str(tmp_path), batch_size=4, reader=RAW))  # planned
     other = tmp_path / "other"
-    with ShardSetWriter(other, "f", 100) as w:  # a different shard of another size
-        for i in range(3):
-            w.write_event(ts=100 + i, key=f"r{i}", emb={"x": _unit(rng, 1)[0]})
+    _write_events(other, 3, 100, seed=55, prefix="r", ts0=100)  # a different shard of another size
     (other / "f-000000.tar").replace(tmp_path / "f-000001.tar")
     batches = list(ds)
     keys = [k for b in batches for k in b["key"]]
@@ -208,10 +205,7 @@ def test_shard_replaced_after_planning_is_reported_and_reconciled(tmp_path):
 
 
 def test_drop_last_tail_is_counted(tmp_path):
-    rng = np.random.default_rng(6)
-    with ShardSetWriter(tmp_path, "f", 100) as w:
-        for i in range(10):
-            w.write_event(ts=i, key=f"e{i}", emb={"x": _unit(rng, 1)[0]})
+    _write_events(tmp_path, 10, 100, seed=6)
     ds, batches, keys = _replay(tmp_path, batch_size=4, drop_last=True)
     assert len(keys) == 8 and [(s.code, s.events) for s in ds.skips] == [("drop_last", 2)]
 
