@@ -55,3 +55,44 @@ def test_a_memory_that_migrates_itself_is_refused():
 def test_bad_settings_name_the_argument(kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
         HitMigration(**kw)
+
+
+def test_the_memory_runs_the_same_rule_itself_and_saves_its_state(tmp_path):
+    """migrate_every_n_searches > 0: the memory's own HitMigration (built from MemoryConfig) checks
+    every n recorded searches, promotes what is asked and demotes what is idle, like the callback's;
+    its state survives a snapshot and a state_dict, and loading a snapshot resumes it exactly."""
+    from luma_pl.memory import persistence
+
+    rng = np.random.default_rng(3)
+    kw = dict(migrate_every_n_searches=2, promote_min_hits=2, migrate_capacity=16, migrate_idle_checks=1,
+              migrate_max_moves=8)
+    m = _memory(**kw)
+    x = _unit(rng, 300)
+    m.insert(np.arange(300), x)
+    asked = np.array([250, 260, 270])
+    for _ in range(6):  # 3 checks of the memory's own policy
+        m.search(x[asked], 1, record_hits=True)
+    own = m.migration
+    assert own.checks == 3 and not own.collective
+    assert all(m.location(int(i)) == "hot" for i in asked) and own.promotions >= 3 and own.demotions > 0
+    assert m.stats()["auto_migrations"] == own.promotions + own.demotions
+    persistence.save(m, str(tmp_path / "snap"))
+    saved = persistence.state_dict(m)
+    a = own.state_dict()
+    for mem in (m,):  # one more check on the original: what the restored ones must repeat
+        mem.search(x[[10, 11]], 1, record_hits=True)
+        mem.search(x[[10, 11]], 1, record_hits=True)
+    hot_after = set(m.ids[m.keys_in(HOT)].tolist())
+    for back in (persistence.load(str(tmp_path / "snap"), directory=str(tmp_path / "a")),
+                 persistence.from_state_dict(saved, directory=str(tmp_path / "b"))):
+        b = back.migration.state_dict()
+        assert {k: a[k] for k in ("checks", "promotions", "demotions")} == \
+               {k: b[k] for k in ("checks", "promotions", "demotions")}
+        for name in ("hits_seen", "last_hit_check"):
+            np.testing.assert_array_equal(a[name], b[name])
+        for name in ("labels", "counts", "errors"):
+            np.testing.assert_array_equal(a["counter"][name], b["counter"][name])
+        back.search(x[[10, 11]], 1, record_hits=True)
+        back.search(x[[10, 11]], 1, record_hits=True)
+        assert back.migration.checks == 4 and set(back.ids[back.keys_in(HOT)].tolist()) == hot_after
+        back.close()

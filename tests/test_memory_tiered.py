@@ -130,7 +130,7 @@ def test_promote_demote_evict_and_hits(rng):
     for _ in range(3):
         m.search(x[10:11], 1)
     assert m.hits[m.key_of[10]] == 3
-    assert m.migrate() >= 1 and m.location(10) == "hot"
+    assert m.migrate()["promoted"] >= 1 and m.location(10) == "hot"
     m.audit()
     m.close()
 

@@ -90,10 +90,22 @@ class MemoryConfig(StrictConfig):
     """Rescoring factor: warm search fetches oversample*k PQ candidates and rescores them exactly.
     0 = scale with the warm tier's size (``resolved_oversample``)."""
     promote_min_hits: int = 2
-    """``migrate()`` promotes warm items with at least this many hits (top-k appearances) to hot."""
+    """The memory's own migration (``migrate()``, a ``HitMigration`` check) promotes warm items whose
+    counted hits (top-k appearances, in a Space-Saving counter over ids) reach this count to hot
+    (``HitMigration.promote_min_count``)."""
+    migrate_capacity: int = 256
+    """Ids the memory's migration counter tracks (``HitMigration.capacity``): the most-hit ones, with
+    counts that overestimate by at most (hits counted) / capacity."""
+    migrate_idle_checks: int = 2
+    """The memory's migration demotes a hot item that is not heavy and had no hit for this many checks
+    (``HitMigration.idle_checks``); a newly placed item gets as many checks of grace."""
+    migrate_max_moves: int = 64
+    """Most promotions, and most demotions, per migration check (``HitMigration.max_moves``);
+    promotions are also capped at half the hot capacity (at least 1)."""
     migrate_every_n_searches: int = 0
-    """Call ``migrate()`` automatically after every n-th ``search`` that records hits (0 = never; then
-    the caller or a Lightning callback migrates)."""
+    """Run ``migrate()`` (one check of the memory's ``HitMigration``) automatically after every n-th
+    ``search`` that records hits (0 = never; then the caller calls ``migrate()``, or the Lightning
+    callback ``TierMigration`` runs its own ``HitMigration``, which a memory with n > 0 refuses)."""
     warm_backend: str = "ivfpq"
     """'ivfpq' (CPU IndexIVFPQ) or 'gpu_ivfpq' (searches on a GpuIndexIVFPQ copy of the CPU index)."""
     originals_sync_rows: int = 4096
@@ -150,6 +162,12 @@ class MemoryConfig(StrictConfig):
         require(self.oversample >= 0, o, "oversample", self.oversample,
                 "use 0 (scale with the warm size) or >= 1 (1 = rescore only the k PQ hits)")
         require(self.promote_min_hits >= 1, o, "promote_min_hits", self.promote_min_hits, "use >= 1")
+        require(self.migrate_capacity >= 1, o, "migrate_capacity", self.migrate_capacity,
+                "use >= 1 tracked ids (256 is the default)")
+        require(self.migrate_idle_checks >= 1, o, "migrate_idle_checks", self.migrate_idle_checks,
+                "use >= 1 checks without a hit before a hot item is demoted")
+        require(self.migrate_max_moves >= 0, o, "migrate_max_moves", self.migrate_max_moves,
+                "use >= 0 moves per check (0 = the check only counts)")
         need = self.train_size() * _buffered_row_bytes(self.dim)
         require(self.nlist == 0 or self.train_size() > self.warm_max_items or need <= self.warm_max_bytes,
                 o, "nlist", self.nlist,

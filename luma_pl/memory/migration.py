@@ -12,10 +12,17 @@ One ``check(memory)`` pass over a ``TieredMemory``:
 4. hot ids that are not heavy and had no hit for ``idle_checks`` checks are demoted (``max_moves``);
 5. ``memory.audit()`` must pass (it raises naming the broken invariant).
 
-``TieredMemory.migrate`` is the other rule (promote warm items past ``promote_min_hits`` total
-hits, no demotion) for use outside a Lightning run; a memory with ``migrate_every_n_searches > 0``
-runs that rule itself, and ``check`` refuses such a memory, since the two would fight over the hot
-tier. State (``state_dict``) is numpy arrays and ints.
+There is one rule (this ``check``) and two schedulers, never both on one memory:
+
+* the memory itself: ``TieredMemory`` owns a ``HitMigration`` (``memory.migration``, built from
+  ``MemoryConfig.promote_min_hits`` / ``migrate_capacity`` / ``migrate_idle_checks`` /
+  ``migrate_max_moves``, not a collective) and runs one check every ``migrate_every_n_searches``
+  recorded searches, or when ``memory.migrate()`` is called; its state is saved with the memory;
+* ``callbacks/tier_migration.py`` (through the stream runtime), with its own ``HitMigration``: a
+  memory with ``migrate_every_n_searches > 0`` schedules itself, and ``check`` refuses any
+  ``HitMigration`` but the memory's own on it, since two schedulers would fight over the hot tier.
+
+State (``state_dict``) is numpy arrays and ints.
 """
 
 from __future__ import annotations
@@ -24,13 +31,20 @@ from typing import Any
 
 import numpy as np
 
-from luma_pl.admission.distributed import allgather_space_saving
-from luma_pl.admission.heavy_hitters import CounterConfig, HeavyHitterCounter
-from luma_pl.memory.policy import BUFFER, HOT, WARM
+from luma_pl.admission.heavy_hitters import CounterConfig, HeavyHitterCounter, space_saving_merge
+from luma_pl.memory.tiers import BUFFER, HOT, WARM
 
 
 class HitMigration:
-    def __init__(self, capacity: int = 256, promote_min_count: int = 2, idle_checks: int = 2, max_moves: int = 64):
+    def __init__(self, capacity: int = 256, promote_min_count: int = 2, idle_checks: int = 2, max_moves: int = 64,
+                 collective: bool = True):
+        """``collective``: all-gather the counter over DDP ranks at each check (the callback, which
+        runs a check on every rank at the same batch). A memory's own ``HitMigration`` passes False:
+        its checks run inside ``search`` on each rank's shard, so the count of checks per rank need
+        not agree and a collective there could hang; it merges only its own summary."""
+        if not isinstance(collective, bool):
+            raise ValueError(f"TierMigration collective={collective!r} is invalid; use True or False")
+        self.collective = collective
         for name, value, low in (("capacity", capacity, 1), ("promote_min_count", promote_min_count, 1),
                                  ("idle_checks", idle_checks, 1), ("max_moves", max_moves, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -58,10 +72,12 @@ class HitMigration:
 
     def check(self, memory) -> dict[str, int]:
         """One migration pass over a TieredMemory (a collective under DDP); returns the moves made."""
-        if memory.cfg.migrate_every_n_searches > 0:
-            raise ValueError(f"TierMigration: the memory migrates itself every {memory.cfg.migrate_every_n_searches} "
-                             "searches (memory.migrate_every_n_searches > 0); the two rules would fight over the hot "
-                             "tier: set memory.migrate_every_n_searches=0 or remove the TierMigration callback")
+        every = memory.cfg.migrate_every_n_searches
+        if every > 0 and getattr(memory, "migration", None) is not self:
+            raise ValueError(f"TierMigration: the memory migrates itself every {every} searches "
+                             f"(memory migrate_every_n_searches={every} > 0) with its own HitMigration; two "
+                             "schedulers would fight over the hot tier: set memory.migrate_every_n_searches=0 "
+                             "or remove the TierMigration callback")
         self.checks += 1
         n = memory.num_keys
         self._grow(n)
@@ -71,7 +87,12 @@ class HitMigration:
         self.last_hit_check[hit_keys] = self.checks
         if len(hit_keys):
             self.counter.update(memory.ids[hit_keys], delta[hit_keys])
-        labs, cnt, err = allgather_space_saving(*self.counter.summary(), self.capacity)
+        if self.collective:
+            from luma_pl.admission.distributed import allgather_space_saving  # torch.distributed, only here
+
+            labs, cnt, err = allgather_space_saving(*self.counter.summary(), self.capacity)
+        else:
+            labs, cnt, err = space_saving_merge([self.counter.summary()], self.capacity)
         self.counter.load_summary(labs, cnt, err)
         heavy_ids = labs[cnt >= self.promote_min_count]  # most counted first
         moved = {"promoted": 0, "demoted": 0}
@@ -80,7 +101,8 @@ class HitMigration:
         keys = keys[keys >= 0]
         if len(keys):
             keys = keys[np.isin(memory.locations[keys], (WARM, BUFFER))]
-            room = max(0, memory.hot_capacity() // 2)
+            cap = memory.hot_capacity()
+            room = max(1, cap // 2) if cap else 0  # half the hot tier per check (1 when it holds 1)
             keys = keys[: min(self.max_moves, room)]
             if len(keys):
                 memory.promote(memory.ids[keys])

@@ -23,7 +23,13 @@ import numpy as np
 
 from luma_pl.memory.config import MemoryConfig
 from luma_pl.memory.originals import OriginalsStore, _fsync_dir, write_json_atomic
-from luma_pl.memory.tiered import TieredMemory
+from luma_pl.memory.tiered import (
+    MIGRATION_ARRAYS,
+    MIGRATION_COUNTER_ARRAYS,
+    TieredMemory,
+    migration_arrays,
+    migration_scalars,
+)
 
 FORMAT_VERSION = 1
 
@@ -46,12 +52,14 @@ def _arrays(memory: TieredMemory) -> dict[str, np.ndarray]:
         "zeta": memory.zeta[:n],
         "labels": memory.labels[:n],
         "retrain_keys": memory.retrain_keys,
-    }
+    } | migration_arrays(memory.migration)
 
 
 _ARRAY_NAMES = ("hot_index", "hot_ids", "hot_live", "warm_index", "warm_buf_ids", "warm_buf_vecs", "warm_recent",
                 "ids", "locations", "hits", "last_access", "zeta")
-_OPTIONAL_ARRAYS = ("retrain_keys", "labels")  # absent from snapshots written before these were kept
+_OPTIONAL_ARRAYS = ("retrain_keys", "labels", *(f"migration_{n}" for n in MIGRATION_ARRAYS),
+                    *(f"migration_counter_{n}" for n in MIGRATION_COUNTER_ARRAYS))
+"""Absent from snapshots written before these were kept."""
 
 
 def _scalars(memory: TieredMemory) -> dict:
@@ -64,6 +72,7 @@ def _scalars(memory: TieredMemory) -> dict:
         "warm_train_zeta_mean": memory.warm.train_zeta_mean,
         "warm_trainings": memory.warm.trainings,
         "retrain_at": int(memory.retrain_at),
+        "migration": migration_scalars(memory.migration),
     }
 
 
@@ -308,10 +317,13 @@ def _load(path: str, directory: str | None = None) -> TieredMemory:
 
 
 def state_dict(memory: TieredMemory) -> dict:
-    """numpy arrays and primitives only (Lightning / torch.load(weights_only=True) friendly)."""
+    """numpy arrays and primitives only (Lightning / torch.load(weights_only=True) friendly). The
+    arrays are copies: the state does not change when the memory does afterwards (``_arrays`` hands
+    out views of the live per-key arrays)."""
     n = memory.num_keys
     originals = memory.originals.get(np.arange(n)) if n else np.empty((0, memory.cfg.dim), np.float32)
-    return {"arrays": _arrays(memory) | {"originals": originals}, "meta": json.dumps(_scalars(memory))}
+    arrays = {k: np.array(v, copy=True) for k, v in _arrays(memory).items()}
+    return {"arrays": arrays | {"originals": originals}, "meta": json.dumps(_scalars(memory))}
 
 
 def from_state_dict(state: dict, directory: str | None = None) -> TieredMemory:

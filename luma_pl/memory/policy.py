@@ -7,28 +7,53 @@ moving, so a policy cannot break the bookkeeping. The streaming-admission issue 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from luma_pl.memory.tiered import TieredMemory
+# re-exported: modules outside luma_pl.memory still import the location codes from here
+from luma_pl.memory.tiers import BUFFER, EVICTED, HOT, REPLACED, TIER_NAMES, WARM, Tier
 
-HOT, WARM, BUFFER, EVICTED, REPLACED = 0, 1, 2, 3, 4
-"""Location codes per key; REPLACED marks the old row of an upserted id (not an item any more)."""
-TIER_NAMES = {HOT: "hot", WARM: "warm", BUFFER: "buffer", EVICTED: "evicted"}
+__all__ = ["BUFFER", "EVICTED", "HOT", "REPLACED", "TIER_NAMES", "WARM", "AdmissionPolicy", "HotTierView",
+           "HotWhileRoom", "MemoryView", "NewestFirstLRU", "Tier"]
+
+
+class HotTierView(Protocol):
+    """What a policy reads of the hot tier."""
+
+    def live_ids(self) -> np.ndarray:
+        """Keys of the live hot items."""
+
+    def __len__(self) -> int:
+        """Live hot items."""
+
+
+class MemoryView(Protocol):
+    """The part of ``TieredMemory``'s public API a policy reads (policies never move items)."""
+
+    hits: np.ndarray  # (keys,) int64 top-k appearances
+    last_access: np.ndarray  # (keys,) int64 tick of insert or last hit
+    locations: np.ndarray  # (keys,) int8 Tier code
+    labels: np.ndarray  # (keys,) int64 the inserter's group label, -1 none
+    hot: HotTierView
+
+    def keys_in(self, location: int) -> np.ndarray:
+        """Keys currently at ``location``, ascending."""
+
+    def hot_capacity(self) -> int:
+        """Most items an empty hot tier holds under both budgets."""
 
 
 @runtime_checkable
 class AdmissionPolicy(Protocol):
-    def admit_hot(self, memory: TieredMemory, keys: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    def admit_hot(self, memory: MemoryView, keys: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         """(n,) bool: True where a new item should enter hot (the memory spills the earliest in the
         batch to warm when hot cannot take them all)."""
 
-    def hot_victims(self, memory: TieredMemory, n: int) -> np.ndarray:
+    def hot_victims(self, memory: MemoryView, n: int) -> np.ndarray:
         """Up to n hot keys to demote to warm, most expendable first."""
 
-    def warm_victims(self, memory: TieredMemory, n: int) -> np.ndarray:
+    def warm_victims(self, memory: MemoryView, n: int) -> np.ndarray:
         """Up to n warm/buffer keys to evict, most expendable first."""
 
 
@@ -36,10 +61,10 @@ class NewestFirstLRU:
     """New items go hot; least-recently-accessed hot items are demoted; warm evicts least-accessed,
     then least-recently-accessed, then oldest."""
 
-    def admit_hot(self, memory: TieredMemory, keys: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    def admit_hot(self, memory: MemoryView, keys: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         return np.ones(len(keys), dtype=bool)
 
-    def hot_victims(self, memory: TieredMemory, n: int) -> np.ndarray:
+    def hot_victims(self, memory: MemoryView, n: int) -> np.ndarray:
         # oldest access first, then oldest key; O(hot) per call (argpartition, no full sort), and the
         # hot keys come from the hot tier itself, not from a scan of every key ever admitted
         keys = memory.hot.live_ids()
@@ -51,7 +76,7 @@ class NewestFirstLRU:
             keys, order_key = keys[part], order_key[part]
         return keys[np.argsort(order_key, kind="stable")[:n]]
 
-    def warm_victims(self, memory: TieredMemory, n: int) -> np.ndarray:
+    def warm_victims(self, memory: MemoryView, n: int) -> np.ndarray:
         # fewest hits, then oldest access, then oldest key. Without sorting the whole tier (a full
         # lexsort of 1M warm keys per eviction call costs ~0.3 s): every key with fewer hits than
         # the n-th smallest count is taken, the rest come from the keys at that count by partition.
@@ -80,7 +105,7 @@ class HotWhileRoom(NewestFirstLRU):
     a stream does not push every item through the hot graph (one HNSW insert, a share of a tombstone
     rebuild and a demotion per item), so ingest costs what the final tier of each item costs."""
 
-    def admit_hot(self, memory: TieredMemory, keys: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    def admit_hot(self, memory: MemoryView, keys: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         room = max(0, memory.hot_capacity() - len(memory.hot))
         take = np.zeros(len(keys), dtype=bool)
         if room:

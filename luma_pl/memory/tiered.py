@@ -29,18 +29,11 @@ import numpy as np
 from luma_pl.memory.config import MemoryConfig
 from luma_pl.memory.hot import HotTier
 from luma_pl.memory.id_map import IdMap
+from luma_pl.memory.migration import HitMigration
 from luma_pl.memory.originals import OriginalsStore
-from luma_pl.memory.policy import (
-    BUFFER,
-    EVICTED,
-    HOT,
-    REPLACED,
-    TIER_NAMES,
-    WARM,
-    AdmissionPolicy,
-    NewestFirstLRU,
-)
+from luma_pl.memory.policy import AdmissionPolicy, NewestFirstLRU
 from luma_pl.memory.retrain import BackgroundTrainer
+from luma_pl.memory.tiers import BUFFER, EVICTED, HOT, REPLACED, TIER_NAMES, WARM
 from luma_pl.memory.warm import WarmTier
 
 _NORM_TOL = 1e-3
@@ -90,6 +83,33 @@ COUNTERS = {"inserted": 0, "evictions": 0, "promotions": 0, "demotions": 0, "rep
 """Every counter a memory keeps (a snapshot written before one existed loads it as 0)."""
 
 
+def new_migration(config: MemoryConfig) -> HitMigration:
+    """The ``HitMigration`` a memory owns, from its config (local: not a collective, see HitMigration)."""
+    return HitMigration(capacity=config.migrate_capacity, promote_min_count=config.promote_min_hits,
+                        idle_checks=config.migrate_idle_checks, max_moves=config.migrate_max_moves,
+                        collective=False)
+
+
+MIGRATION_ARRAYS = ("hits_seen", "last_hit_check")
+MIGRATION_COUNTER_ARRAYS = ("labels", "counts", "errors", "table")
+"""The memory's ``HitMigration`` state saved as arrays (``migration_<name>``, counter ones as
+``migration_counter_<name>``); its scalars go to the snapshot's meta as ``migration``."""
+
+
+def migration_arrays(migration: HitMigration) -> dict[str, np.ndarray]:
+    state = migration.state_dict()
+    counter = state["counter"]
+    return {**{f"migration_{n}": np.asarray(state[n], np.int64) for n in MIGRATION_ARRAYS},
+            **{f"migration_counter_{n}": np.asarray(counter[n], np.int64) for n in MIGRATION_COUNTER_ARRAYS}}
+
+
+def migration_scalars(migration: HitMigration) -> dict:
+    state = migration.state_dict()
+    counter = state.pop("counter")
+    return {**{k: v for k, v in state.items() if k not in MIGRATION_ARRAYS},
+            "counter": {k: v for k, v in counter.items() if k not in MIGRATION_COUNTER_ARRAYS}}
+
+
 class TieredMemory:
     def __init__(self, config: MemoryConfig, directory: str | None = None,
                  policy: AdmissionPolicy | None = None):
@@ -119,6 +139,8 @@ class TieredMemory:
         self.retrain_keys = np.empty(0, np.int64)
         self.retrain_at = -1
         self._warned_k_clamp = False  # search(k > live items) warns once per memory, not once per batch
+        self.migration = new_migration(config)
+        """The memory's own ``HitMigration`` (``migrate()``; scheduled by ``migrate_every_n_searches``)."""
 
     # ------------------------------------------------------------------ validation helpers
     @property
@@ -211,12 +233,35 @@ class TieredMemory:
                           arrays["warm_recent"], meta["warm_train_zeta_mean"], meta["warm_trainings"])
         self._zeta_max = None
         self.audit()
+        self._restore_migration(arrays, meta, n)
         keys = np.asarray(arrays.get("retrain_keys", np.empty(0, np.int64)), np.int64)
         at = int(meta.get("retrain_at", -1))
         if len(keys) and at >= 0:
             if len(keys) > n or keys.min() < 0 or keys.max() >= n:
                 raise ValueError(f"saved memory is inconsistent: retrain_keys point outside its {n} keys")
             self._start_retrain(keys, at)
+
+    def _restore_migration(self, arrays: dict[str, np.ndarray], meta: dict, n: int) -> None:
+        """The migration state a snapshot holds (``migration_*`` arrays, meta ``migration``); a
+        snapshot written before the memory kept one starts a fresh HitMigration whose first check
+        counts every hit recorded so far (like the old rule, which read the total hits)."""
+        self.migration = new_migration(self.cfg)
+        scalars = meta.get("migration", {})
+        if not isinstance(scalars, dict):
+            raise ValueError(f"saved memory is inconsistent: meta 'migration' is {type(scalars).__name__}, not a dict")
+        state = {**{k: v for k, v in scalars.items() if k != "counter"},
+                 **{name: arrays.get(f"migration_{name}") for name in MIGRATION_ARRAYS}}
+        counter = dict(scalars.get("counter", {}))
+        for name in MIGRATION_COUNTER_ARRAYS:
+            if f"migration_counter_{name}" in arrays:
+                counter[name] = arrays[f"migration_counter_{name}"]
+        state["counter"] = counter
+        for name in MIGRATION_ARRAYS:
+            v = state[name]
+            if v is not None and len(v) > n:
+                raise ValueError(f"saved memory is inconsistent: migration_{name} has {len(v)} rows, more than "
+                                 f"its {n} keys")
+        self.migration.load_state_dict(state)
 
     # ------------------------------------------------------------------ the Memory protocol
     distributed = False
@@ -461,21 +506,19 @@ class TieredMemory:
         """Drop live ids from the memory; they stay known (location 'evicted') and are counted."""
         self._evict_keys(self._keys_of(ids, (HOT, WARM, BUFFER), "evict"))
 
-    def migrate(self) -> int:
-        """Promote warm items with >= promote_min_hits hits (most hit first), up to half the hot
-        capacity per call so a burst cannot flush the whole hot tier; return how many moved.
+    def migrate(self) -> dict[str, int]:
+        """One check of the memory's own ``HitMigration`` (``self.migration``, the one migration rule;
+        see ``luma_pl.memory.migration``): hits recorded since the last check are counted per id;
+        warm items whose count reaches ``promote_min_hits`` are promoted (most counted first, at most
+        ``migrate_max_moves`` and half the hot capacity per check), hot items that are not heavy and
+        had no hit for ``migrate_idle_checks`` checks are demoted (at most ``migrate_max_moves``),
+        then ``audit()``. Returns ``{"promoted": n, "demoted": m}``.
 
-        Triggered automatically every ``migrate_every_n_searches`` recorded searches when that setting
-        is > 0 (default 0: the caller decides). Inside a Lightning run, ``callbacks/tier_migration.py``
-        schedules the other rule, ``luma_pl.memory.migration.HitMigration`` (promotes and demotes on
-        counted hits); it refuses a memory with ``migrate_every_n_searches > 0``, so the two never
-        fight over the hot tier."""
-        keys = np.concatenate([self.keys_in(WARM), self.keys_in(BUFFER)])
-        keys = keys[self.hits[keys] >= self.cfg.promote_min_hits]
-        keys = keys[np.argsort(-self.hits[keys], kind="stable")][: max(1, self.hot_capacity() // 2)]
-        if len(keys):
-            self.promote(self.ids[keys])
-        return len(keys)
+        Run automatically every ``migrate_every_n_searches`` recorded searches when that setting is
+        > 0 (default 0: the caller decides). Inside a Lightning run, ``callbacks/tier_migration.py``
+        schedules its own ``HitMigration`` (same rule); it refuses a memory with
+        ``migrate_every_n_searches > 0``, so two schedulers never fight over the hot tier."""
+        return self.migration.check(self)
 
     # ------------------------------------------------------------------ search
     @property
@@ -585,7 +628,8 @@ class TieredMemory:
             self.counters["searches"] = self.counters.get("searches", 0) + 1
             every = self.cfg.migrate_every_n_searches
             if every and self.counters["searches"] % every == 0:
-                self.counters["auto_migrations"] = self.counters.get("auto_migrations", 0) + self.migrate()
+                moved = self.migrate()
+                self.counters["auto_migrations"] += moved["promoted"] + moved["demoted"]
         return SearchResult(ids, scores.astype(np.float32), tiers, zeta, zmax, floor)
 
     # ------------------------------------------------------------------ accounting
