@@ -6,9 +6,12 @@ to sample ``<key>`` (everything before the first dot of the basename, as WebData
 Two sample kinds live in the same shards:
 
 * **event** sample: one event. Entries ``ts`` (decimal text), optional ``topic`` (text), raw media
-  (``jpg``/``png``/``flac``/``wav``/``txt``/``query.txt``) and/or ``<space>.npy`` of shape ``(d,)``.
+  (``jpg``/``png``/``flac``/``wav``/``txt``/``query.txt``) and/or ``<space>.npy`` of shape ``(d,)``,
+  optional ``relevant.json`` (a JSON list of event-key strings: the event is a labelled query whose
+  relevant items are those events; an empty list is a labelled query with no relevant item).
 * **block** sample: many events (e.g. 1024) of precomputed embeddings. Entries ``events.json``
-  (``{"keys": [n], "topics": [n], "text": {ext: [n]}}``), ``ts.npy`` ``(n,)`` int64 and
+  (``{"keys": [n], "topics": [n], "text": {ext: [n]}, "relevant": [n]}``; ``relevant`` optional,
+  each entry ``null`` = not a labelled query or a list of event keys), ``ts.npy`` ``(n,)`` int64 and
   ``<space>.npy`` ``(n, d)`` float32. Why: one tar member per 512-d vector is bounded by per-member
   overhead (~2,600 samples/s through webdataset's generic pipeline); a block is one member per
   space per 1024 events and reads at memory speed.
@@ -43,7 +46,9 @@ VIDEO_EXTS = frozenset({"mp4", "webm", "mkv", "mov", "avi"})
 TEXT_EXTS = frozenset({"txt", "query.txt"})
 MEDIA_EXTS = IMAGE_EXTS | AUDIO_EXTS | TEXT_EXTS
 # Entries with a meaning of their own (not media, not embeddings).
-META_EXTS = frozenset({"ts", "topic", "events.json", "ts.npy"})
+RELEVANT_EXT = "relevant.json"
+"""Optional entry of an event sample: a JSON list of the event keys relevant to it as a query."""
+META_EXTS = frozenset({"ts", "topic", "events.json", "ts.npy", RELEVANT_EXT})
 BLOCK_MARKER = "events.json"
 SPACE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 

@@ -34,6 +34,7 @@ from .shard_format import (
     BLOCK_MARKER,
     IMAGE_EXTS,
     REFUSED_EXTS,
+    RELEVANT_EXT,
     TEXT_EXTS,
     npy_header,
     npy_nbytes,
@@ -62,6 +63,10 @@ class ReaderConfig(StrictConfig):
     """An embedding row whose L2 norm is above this is replayed as absent (counted): encoder outputs
     have norms of order 1-100, and one finite row of norm 3e38 overflows the memory and moves the
     Procrustes statistic by more than the whole stream."""
+    max_relevant: int = 1024
+    """Most relevant-item keys one labelled query event may list (``events.json`` ``relevant`` entry or
+    ``<key>.relevant.json``); a sample with more is a counted ``bad_json`` skip (bounds the work and
+    memory a hostile label costs)."""
 
     def validate(self) -> None:
         require(self.max_member_bytes > 0, "ReaderConfig", "max_member_bytes", self.max_member_bytes,
@@ -72,6 +77,9 @@ class ReaderConfig(StrictConfig):
                 "use a positive row count, e.g. 256")
         require(0 <= self.min_norm < self.max_norm < float("inf"), "ReaderConfig", "min_norm/max_norm",
                 (self.min_norm, self.max_norm), "use 0 <= min_norm < max_norm < inf, e.g. 1e-6 and 1e4")
+        require(isinstance(self.max_relevant, int) and not isinstance(self.max_relevant, bool)
+                and self.max_relevant >= 0, "ReaderConfig", "max_relevant", self.max_relevant,
+                "use a non-negative int count of keys, e.g. 1024")
 
 
 @dataclass
@@ -123,6 +131,16 @@ class EventChunk:
     emb: dict[str, np.ndarray]  # space -> (n, d) float32, zero rows where has is False
     has: dict[str, np.ndarray]  # space -> (n,) bool
     media: dict[str, list] = field(default_factory=dict)  # ext -> n payloads (None where absent)
+    relevant: list | None = None
+    """n entries: None (not a labelled query) or the list of relevant event keys (possibly empty);
+    None for the whole field means all None (filled in by ``__post_init__``)."""
+
+    def __post_init__(self) -> None:
+        if self.relevant is None:
+            self.relevant = [None] * len(self.keys)
+        elif len(self.relevant) != len(self.keys):
+            raise ValueError(f"EventChunk: relevant has {len(self.relevant)} entries but there are "
+                             f"{len(self.keys)} keys; pass one entry (None or a list of keys) per event")
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -285,7 +303,41 @@ def decode_sample(raw: dict, spaces: dict[str, int], media: list[str], cfg: Read
             row[0] = vec
         emb[space], has[space] = row, np.array([present])
     payloads = {ext: [_media(ext, raw[ext], key, cfg) if ext in raw else None] for ext in media}
-    return EventChunk([key], np.array([ts], np.int64), [topic], emb, has, payloads)
+    relevant = None
+    if RELEVANT_EXT in raw:
+        what = f"{key}.{RELEVANT_EXT}"
+        try:
+            value = json.loads(_text(raw[RELEVANT_EXT], what))
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise CorruptSample(f"{what}: bad json ({type(err).__name__}: {str(err)[:200]})", "bad_json") from None
+        except CorruptSample as err:
+            raise CorruptSample(str(err), "bad_json") from None
+        relevant = [_relevant_keys(value, what, cfg.max_relevant)]
+    return EventChunk([key], np.array([ts], np.int64), [topic], emb, has, payloads, relevant)
+
+
+def _relevant_keys(value, what: str, max_relevant: int) -> list[str]:
+    """One query's relevance label: a JSON list of at most ``max_relevant`` event-key strings."""
+    if not isinstance(value, list):
+        raise CorruptSample(f"{what} is a JSON {type(value).__name__}, expected a list of event-key strings",
+                            "bad_json")
+    if len(value) > max_relevant:
+        raise CorruptSample(f"{what} lists {len(value)} relevant keys > ReaderConfig.max_relevant={max_relevant}",
+                            "bad_json")
+    for i, v in enumerate(value):
+        if not isinstance(v, str):
+            raise CorruptSample(f"{what}[{i}] is a JSON {type(v).__name__}, expected an event-key string", "bad_json")
+    return list(value)
+
+
+def _block_relevant(value, n: int, what: str, max_relevant: int) -> list:
+    """A block's ``relevant`` field: n entries, each null or a list of event-key strings."""
+    if not isinstance(value, list):
+        raise CorruptSample(f"{what} is a JSON {type(value).__name__}, expected a list of {n} entries "
+                            "(null or a list of event keys)", "bad_json")
+    if len(value) != n:
+        raise CorruptSample(f"{what} has {len(value)} entries but the block has {n} ts rows", "bad_json")
+    return [None if v is None else _relevant_keys(v, f"{what}[{i}]", max_relevant) for i, v in enumerate(value)]
 
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -366,7 +418,10 @@ def _decode_block(raw: dict, spaces: dict[str, int], media: list[str], cfg: Read
         else:
             payloads[ext] = _str_list(col, n, f"{key}.{BLOCK_MARKER}: text[{ext!r}]", allow_none=True,
                                       allow_int=False)
-    return EventChunk(keys, ts, topics, emb, has, payloads)
+    relevant = None
+    if meta.get("relevant") is not None:
+        relevant = _block_relevant(meta["relevant"], n, f"{key}.{BLOCK_MARKER}: relevant", cfg.max_relevant)
+    return EventChunk(keys, ts, topics, emb, has, payloads, relevant)
 
 
 def concat_chunks(chunks: list[EventChunk]) -> EventChunk:
@@ -381,6 +436,7 @@ def concat_chunks(chunks: list[EventChunk]) -> EventChunk:
         emb={s: np.concatenate([c.emb[s] for c in chunks]) for s in first.emb},
         has={s: np.concatenate([c.has[s] for c in chunks]) for s in first.has},
         media={e: [x for c in chunks for x in c.media[e]] for e in first.media},
+        relevant=[r for c in chunks for r in c.relevant],
     )
 
 

@@ -21,12 +21,26 @@ from .shard_format import (
     BLOCK_MARKER,
     MEDIA_EXTS,
     REFUSED_EXTS,
+    RELEVANT_EXT,
     SPACE_RE,
     Manifest,
     ShardInfo,
     shard_name,
     write_manifest,
 )
+
+
+def _relevant_list(value, what: str) -> list[str]:
+    """A relevance label as written: a list of event-key strings (a bare string is refused, not split)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{what}={value!r:.80} must be a list of event-key strings (the keys of the relevant "
+                         "items), e.g. ['img000017']; pass [] for a labelled query with no relevant item")
+    out = list(value)
+    for i, k in enumerate(out):
+        if not isinstance(k, str) or not k:
+            raise ValueError(f"{what}[{i}]={k!r} must be a non-empty event-key string (the key an item was "
+                             "written with)")
+    return out
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
@@ -93,11 +107,15 @@ class ShardSetWriter:
 
     # --- public --------------------------------------------------------------------------------
     def write_event(self, *, ts: int, key: str | None = None, topic: str | None = None,
-                    emb: dict[str, np.ndarray] | None = None, media: dict[str, bytes | str] | None = None) -> str:
-        """One event sample. ``emb``: space -> ``(d,)`` float32; ``media``: ext -> bytes or str."""
+                    emb: dict[str, np.ndarray] | None = None, media: dict[str, bytes | str] | None = None,
+                    relevant: Sequence[str] | None = None) -> str:
+        """One event sample. ``emb``: space -> ``(d,)`` float32; ``media``: ext -> bytes or str;
+        ``relevant``: the keys of the events relevant to this one as a query (written as
+        ``<key>.relevant.json``; ``[]``: a labelled query with no relevant item; None: not labelled)."""
         key = key if key is not None else f"{self._seq:09d}"
         if not key or "." in key or "/" in key:
             raise ValueError(f"key={key!r} must be non-empty without '.' or '/' (it is a tar member stem)")
+        rel = None if relevant is None else _relevant_list(relevant, "relevant")
         self._open_if_needed()
         self._add(f"{key}.ts", str(int(ts)).encode())
         if topic:
@@ -111,6 +129,8 @@ class ShardSetWriter:
                 raise ValueError(f"media ext={ext!r} is not writable; use one of {sorted(MEDIA_EXTS)}")
             self.media.add(ext)
             self._add(f"{key}.{ext}", payload.encode("utf-8") if isinstance(payload, str) else bytes(payload))
+        if rel is not None:
+            self._add(f"{key}.{RELEVANT_EXT}", json.dumps(rel, ensure_ascii=False).encode("utf-8"))
         self.shards[-1].events += 1
         self.shards[-1].samples += 1
         self._seq += 1
@@ -118,8 +138,10 @@ class ShardSetWriter:
 
     def write_block(self, *, keys: Sequence[str], ts: np.ndarray, emb: dict[str, np.ndarray],
                     topics: Sequence[str] | None = None, texts: dict[str, Sequence[str]] | None = None,
-                    block_key: str | None = None) -> None:
-        """One block sample of n events: ``ts`` (n,), ``emb`` space -> (n, d), texts ext -> n strings."""
+                    block_key: str | None = None, relevant: Sequence[Sequence[str] | None] | None = None) -> None:
+        """One block sample of n events: ``ts`` (n,), ``emb`` space -> (n, d), texts ext -> n strings,
+        ``relevant`` n entries, each None (not a labelled query) or the keys of the events relevant
+        to that one (``[]``: labelled, nothing relevant); stored as ``events.json``'s ``relevant``."""
         ts = np.asarray(ts, np.int64).reshape(-1)  # (n,)
         n = ts.shape[0]
         if len(keys) != n:
@@ -129,9 +151,18 @@ class ShardSetWriter:
         for ext, col in texts.items():
             if not ext.endswith("txt") or len(col) != n:
                 raise ValueError(f"texts[{ext!r}] must be a *txt column of {n} strings, got {len(col)}")
+        rel = None
+        if relevant is not None:
+            if isinstance(relevant, (str, bytes)) or not isinstance(relevant, Sequence) or len(relevant) != n:
+                got = f"{len(relevant)} entries" if isinstance(relevant, Sequence) else type(relevant).__name__
+                raise ValueError(f"relevant must be a list of {n} entries (one per event: None or a list of event "
+                                 f"keys), got {got}")
+            rel = [None if r is None else _relevant_list(r, f"relevant[{i}]") for i, r in enumerate(relevant)]
         self._open_if_needed()
         bkey = block_key or f"block{self._seq:09d}"
         meta = {"keys": [str(k) for k in keys], "topics": [str(t) for t in topics], "text": texts}
+        if rel is not None:
+            meta["relevant"] = rel
         self._add(f"{bkey}.{BLOCK_MARKER}", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
         self._add(f"{bkey}.ts.npy", _npy_bytes(ts))
         for space, arr in sorted(emb.items()):
@@ -162,13 +193,21 @@ class ShardSetWriter:
 def write_blocks(folder: str | os.PathLike, *, keys: Sequence[str], ts: np.ndarray,
                  emb: dict[str, np.ndarray], topics: Sequence[str] | None = None,
                  texts: dict[str, Sequence[str]] | None = None, name: str = "events",
-                 block_events: int = 1024, events_per_shard: int = 8192) -> Manifest:
-    """Write arrays of n events as block shards: rows ``[i, i + block_events)`` per block."""
+                 block_events: int = 1024, events_per_shard: int = 8192,
+                 relevant: Sequence[Sequence[str] | None] | None = None) -> Manifest:
+    """Write arrays of n events as block shards: rows ``[i, i + block_events)`` per block.
+    ``relevant``: n entries (None or the relevant event keys of that query event), cut with the blocks."""
     n = len(keys)
+    if relevant is not None and (isinstance(relevant, (str, bytes)) or not isinstance(relevant, Sequence)
+                                 or len(relevant) != n):
+        got = f"{len(relevant)} entries" if isinstance(relevant, Sequence) else type(relevant).__name__
+        raise ValueError(f"relevant must be a list of {n} entries (one per key: None or a list of event keys), "
+                         f"got {got}")
     with ShardSetWriter(folder, name, events_per_shard) as w:
         for i in range(0, n, block_events):
             j = min(i + block_events, n)
             w.write_block(keys=keys[i:j], ts=ts[i:j], emb={s: a[i:j] for s, a in emb.items()},
                           topics=None if topics is None else topics[i:j],
-                          texts={e: c[i:j] for e, c in (texts or {}).items()})
+                          texts={e: c[i:j] for e, c in (texts or {}).items()},
+                          relevant=None if relevant is None else relevant[i:j])
     return Manifest.from_json(json.loads((Path(folder) / "manifest.json").read_text()))

@@ -91,7 +91,7 @@ def empty_batch(manifest: Manifest, skipped: int = 0) -> dict:
         "key": [], "id": torch.zeros(0, dtype=torch.long), "ts": torch.zeros(0, dtype=torch.long), "topic": [],
         "emb": {s: torch.zeros(0, d) for s, d in manifest.spaces.items()},
         "has": {s: torch.zeros(0, dtype=torch.bool) for s in manifest.spaces},
-        "media": {e: [] for e in manifest.media},
+        "media": {e: [] for e in manifest.media}, "relevant": [],
         "skipped": int(skipped), "events_skipped": 0, "skip_reasons": {}, "padding": True,
     }
 
@@ -106,6 +106,8 @@ def to_batch(chunk: EventChunk, skipped: int) -> dict:
         "emb": {s: torch.from_numpy(np.array(a, np.float32)) for s, a in chunk.emb.items()},  # (B, d)
         "has": {s: torch.from_numpy(np.array(h, bool)) for s, h in chunk.has.items()},  # (B,)
         "media": chunk.media,
+        # (B) None: not a labelled query; else LongTensor of the relevant items' ids (may be empty)
+        "relevant": [None if r is None else torch.from_numpy(event_ids(r)) for r in chunk.relevant],
         "skipped": int(skipped), "events_skipped": 0, "skip_reasons": {}, "padding": False,
     }
 
@@ -113,7 +115,7 @@ def to_batch(chunk: EventChunk, skipped: int) -> dict:
 def _slice(chunk: EventChunk, i: int, j: int) -> EventChunk:
     return EventChunk(chunk.keys[i:j], chunk.ts[i:j], chunk.topics[i:j],
                       {s: a[i:j] for s, a in chunk.emb.items()}, {s: h[i:j] for s, h in chunk.has.items()},
-                      {e: v[i:j] for e, v in chunk.media.items()})
+                      {e: v[i:j] for e, v in chunk.media.items()}, chunk.relevant[i:j])
 
 
 def rebatch(chunks: Iterator[EventChunk], batch_size: int, drop_last: bool,

@@ -124,3 +124,38 @@ def test_metric_classes_merge_exactly_over_chunks():
     suite = build(ks=(1, 10))
     assert set(suite) == {f"{m}@{k}" for m in ("recall", "mrr", "ndcg", "hit_rate") for k in (1, 10)}
     assert math.isnan(float(RecallAtK(k=1).compute()))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_per_query_from_ids_equals_the_dense_matrices(seed):
+    """Retrieved ids + relevant id sets (labelled queries) give per_query's figures on the equivalent
+    dense (scores, relevance) matrices: every item ranked, the retrieved list its top-k (padded with
+    -1 when fewer items exist than k), relevance sets of 0..5 ids with repeats."""
+    rng = np.random.default_rng(seed)
+    for k in (1, 5, 10):
+        n_items = int(rng.integers(3, 30))
+        ids = rng.choice(2**40, n_items, replace=False).astype(np.int64)  # arbitrary int64 ids
+        scores = torch.from_numpy(rng.random((12, n_items)))
+        rel_sets = [rng.choice(n_items, int(rng.integers(0, 6)), replace=True) for _ in range(12)]
+        dense = relevance_from_sets([set(r.tolist()) for r in rel_sets], n_items)
+        order = torch.argsort(scores, dim=1, descending=True).numpy()[:, :k]
+        result = np.full((12, k), -1, np.int64)
+        result[:, : order.shape[1]] = ids[order]
+        got = F.per_query_from_ids(torch.from_numpy(result), [ids[r] for r in rel_sets], k)
+        for m in F.METRICS:
+            want = per_query(m, scores, dense, k)[0]
+            np.testing.assert_allclose(got[m].numpy(), want.numpy(), rtol=0, atol=1e-12, err_msg=f"{m} k={k}")
+
+
+def test_per_query_from_ids_counts_a_repeated_id_once_and_refuses_bad_shapes():
+    got = F.per_query_from_ids(np.array([[7, 7, 3, -1]]), [np.array([7, 3])], 4)
+    # 7 at rank 1 (its repeat at rank 2 is not a second hit), 3 at rank 3
+    assert got["recall"].item() == 1.0 and got["mrr"].item() == 1.0
+    assert got["ndcg"].item() == pytest.approx((1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3)))
+    assert F.per_query_from_ids(np.array([[1, 2]]), [np.array([], np.int64)], 2)["hit_rate"].item() == 0.0
+    with pytest.raises(ValueError, match="relevant has 2 entries but result_ids has 1 rows"):
+        F.per_query_from_ids(np.array([[1, 2]]), [np.array([1]), np.array([2])], 2)
+    with pytest.raises(ValueError, match="pass a \\(queries, k\\) int64 array"):
+        F.per_query_from_ids(np.array([1, 2]), [np.array([1])], 2)
+    with pytest.raises(ValueError, match="k=0 must be a positive int"):
+        F.per_query_from_ids(np.array([[1]]), [np.array([1])], 0)

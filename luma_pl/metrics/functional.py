@@ -113,3 +113,58 @@ def mrr(scores: torch.Tensor, relevance: torch.Tensor, k: int, empty_target: str
 def ndcg(scores: torch.Tensor, relevance: torch.Tensor, k: int, empty_target: str = "zero") -> torch.Tensor:
     """Mean nDCG@k with the ideal DCG from all relevant items."""
     return _mean("ndcg", scores, relevance, k, empty_target)
+
+
+def per_query_from_ids(result_ids, relevant: list, k: int) -> dict[str, torch.Tensor]:
+    """Per-query HitRate/Recall/MRR/nDCG@k from retrieved ids and relevant id sets (binary gains).
+
+    ``result_ids`` (Q, k') int64 (numpy or torch): each query's retrieved item ids in rank order,
+    ``-1`` for an empty slot (fewer than k' results); only the first ``k`` columns count.
+    ``relevant``: Q 1-D int64 arrays/tensors, the ids of each query's relevant items (a repeated id
+    counts once; ids need not be retrieved). With R the set of relevant ids and top-k the first k
+    retrieved ids (a retrieved id repeated later in the list counts only at its first rank):
+      HitRate@k = 1[top-k ∩ R ≠ ∅];  Recall@k = |top-k ∩ R| / |R|;
+      MRR@k = 1 / rank of the first relevant id in top-k, else 0;
+      nDCG@k = DCG / IDCG, DCG = sum over relevant ranks r <= k of 1 / log2(r + 1), IDCG = the same sum
+      over r = 1..min(k, |R|) (relevant items that were not retrieved still count in the ideal).
+    A query with an empty R gets 0 for every metric (callers exclude or count such queries).
+    Equals ``per_query(metric, scores, relevance, k)`` on the equivalent dense matrices.
+    Returns ``{metric: (Q,) float64}`` for every metric of ``METRICS``.
+    """
+    import numpy as np
+
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k={k!r} must be a positive int, e.g. k=10")
+    ids = result_ids.detach().cpu().numpy() if isinstance(result_ids, torch.Tensor) else np.asarray(result_ids)
+    if ids.ndim != 2:
+        raise ValueError(f"result_ids has shape {ids.shape}; pass a (queries, k) int64 array, -1 for empty slots")
+    if ids.size and ids.dtype.kind not in "iu":
+        raise ValueError(f"result_ids has dtype {ids.dtype}; pass int64 item ids (-1 for empty slots)")
+    if len(relevant) != ids.shape[0]:
+        raise ValueError(f"relevant has {len(relevant)} entries but result_ids has {ids.shape[0]} rows; "
+                         "pass one id array per query")
+    ids = ids[:, :k].astype(np.int64, copy=False)
+    q_n, kk = ids.shape
+    disc = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))  # (k,)
+    out = {m: np.zeros(q_n, np.float64) for m in METRICS}
+    for q in range(q_n):
+        rel = relevant[q]
+        rel = rel.detach().cpu().numpy() if isinstance(rel, torch.Tensor) else np.asarray(rel)
+        if rel.ndim != 1 or (rel.size and rel.dtype.kind not in "iu"):
+            raise ValueError(f"relevant[{q}] has shape {rel.shape} dtype {rel.dtype}; pass a 1-D int64 id array")
+        rel_set = set(rel.astype(np.int64).tolist())
+        rel_set.discard(-1)  # -1 is the empty-slot marker, never an item id
+        if not rel_set:
+            continue
+        seen: set[int] = set()
+        hit = np.zeros(kk, bool)
+        for r, i in enumerate(ids[q].tolist()):
+            if i != -1 and i not in seen:
+                seen.add(i)
+                hit[r] = i in rel_set
+        n_hit = int(hit.sum())
+        out["hit_rate"][q] = float(n_hit > 0)
+        out["recall"][q] = n_hit / len(rel_set)
+        out["mrr"][q] = 1.0 / (int(np.flatnonzero(hit)[0]) + 1) if n_hit else 0.0
+        out["ndcg"][q] = float(disc[:kk][hit].sum() / disc[: min(k, len(rel_set))].sum())
+    return {m: torch.from_numpy(v) for m, v in out.items()}
