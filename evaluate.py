@@ -58,6 +58,12 @@ def _print(summary: dict, report_dir: Path) -> None:
             ("latency p99 ms/query", summary.get("latency_p99_ms")), ("ingest events/s", summary.get("ingest_per_s")),
             ("hot / warm / evicted items", f"{summary.get('hot_items')} / {summary.get('warm_items')} / "
                                            f"{summary.get('evicted')}")]
+    if summary.get("labelled_queries"):
+        rows += [(f"labelled Recall@{k}", summary.get(f"labelled_recall@{k}")),
+                 (f"labelled nDCG@{k}", summary.get(f"labelled_ndcg@{k}")),
+                 ("labelled Safe@1 rate", summary.get("labelled_safe@1")),
+                 ("labelled asked / scored", f"{summary.get('labelled_queries')} / {summary.get('labelled_scored')}"),
+                 ("labelled unanswered", summary.get("labelled_unanswered"))]
     print(f"\nstreaming replay evaluation: {summary.get('events')} events, {summary.get('queries')} queries")
     for name, v in rows:
         print(f"  {name:<28} {v:.4f}" if isinstance(v, float) else f"  {name:<28} {v}")

@@ -1,11 +1,14 @@
 """SafeAtKLogger: Safe@k telemetry of a bridge module, logged to every Lightning logger.
 
-What it watches: ``pl_module.bridge`` (a ``StreamingProcrustes``) and a ``TieredMemory`` — the
-module's own (attribute ``memory_attr``) or, when the module has none, one this callback fills with
-the canonical item vectors of the training batches (``item_space``; ids are arrival counters, one
-memory per rank). The probe set is the first ``num_probes`` source queries (``query_space``) seen.
+What it watches: ``pl_module.bridge`` (any bridge with the Safe@k interface) and the stream
+runtime's memory — the module's (``pl_module.runtime()``: a bridge module in ``train.py fit``, the
+``StreamEvaluator`` in ``evaluate.py``), or, when the module has none, a runtime of this callback's
+own that it fills with the canonical item vectors of the training batches (``item_space``; ids are
+the events' ids, ``batch["id"]``; one memory per rank). Answers are certified through the
+runtime's ``query`` (the one certify sequence). The probe set is the first ``num_probes`` source
+queries (``query_space``) seen.
 
-When it logs (``safe/`` at training steps, ``val_safe/`` at validation epoch end):
+When it logs (``safe/`` at training and test steps, ``val_safe/`` at validation epoch end):
 - at every bridge refresh: the online audit (``telemetry.OnlineAudit``) and the certificate of the
   probe set with the new bridge; also every ``log_every_n_steps`` steps once the bridge is ready;
 - rates Safe@1, Safe@k and the crude rule's (``SafeAtK``: sum states, reduced over ranks), ε (the
@@ -26,10 +29,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from luma_pl.ranks import rank
+from luma_pl.stream.bridge import StreamBridge
+from luma_pl.stream.ids import batch_ids
+from luma_pl.stream.runtime import StreamRuntime
 from luma_pl.telemetry import functional as TF
 from luma_pl.telemetry.audit import OnlineAudit
 from luma_pl.telemetry.probes import probe_recall
-from luma_pl.telemetry.safe_at_k import SafeAtK, bridge_queries, certify_search, choose_epsilon, query_epsilon
+from luma_pl.telemetry.safe_at_k import SafeAtK
 
 _DEFAULT_MEMORY = {"hot_max_items": 1000, "warm_max_items": 200_000, "pq_m": 48, "pq_nbits": 8, "nprobe": 16}
 
@@ -53,33 +59,49 @@ class SafeAtKLogger(Callback):
         self.query_space, self.item_space, self.memory_attr = query_space, item_space, memory_attr
         self.memory_config = dict(_DEFAULT_MEMORY, **(memory or {}))
         self.histograms = histograms
-        self._memory = None
+        self._runtime = None  # this callback's own runtime, when the module has no memory
         self._probes: list[torch.Tensor] = []
         self._sharded = False  # set from the memory found on the module
         self._audit: OnlineAudit | None = None
         self._seen_refreshes = 0
-        self._next_id = 0
         self.last_metrics: dict[str, float] = {}
         self.last_certificate: TF.Certificate | None = None
         self._audit_state: dict | None = None
 
     # ------------------------------------------------------------------ data
+    def runtime_of(self, pl_module):
+        """The stream runtime whose answers are certified: the module's (``pl_module.runtime()``), or
+        this callback's own over the training batches' items when the module has no memory."""
+        runtime = pl_module.runtime() if callable(getattr(pl_module, "runtime", None)) else None
+        if runtime is None:
+            mem = getattr(pl_module, self.memory_attr, None)
+            if mem is not None:  # a module that holds a bare memory
+                if self._runtime is None or self._runtime.memory is not mem:
+                    self._runtime = StreamRuntime(mem, StreamBridge(pl_module.bridge, learn=False, freeze=False),
+                                                  replicated=True)
+            return self._runtime
+        return runtime
+
     def memory_of(self, pl_module):
-        mem = getattr(pl_module, self.memory_attr, None)
-        return mem if mem is not None else self._memory
+        runtime = self.runtime_of(pl_module)
+        return None if runtime is None else runtime.memory
 
     def _ingest(self, pl_module, batch: dict) -> None:
         emb, has = batch.get("emb", {}), batch.get("has", {})
-        if getattr(pl_module, self.memory_attr, None) is None and self.item_space in emb:
-            x = emb[self.item_space][has[self.item_space]].detach().float().cpu().numpy()
+        owned = self.runtime_of(pl_module)
+        if (owned is None or owned is self._runtime) and self.item_space in emb:
+            keep = has[self.item_space].cpu().numpy().astype(bool)
+            x = emb[self.item_space].detach().float().cpu().numpy()[keep]
             if len(x):
-                if self._memory is None:
+                if self._runtime is None:
                     from luma_pl.memory import MemoryConfig, TieredMemory
 
-                    self._memory = TieredMemory(MemoryConfig(dim=x.shape[1], **self.memory_config))
-                ids = np.arange(self._next_id, self._next_id + len(x))
-                self._next_id += len(x)
-                self._memory.insert(ids, x / np.linalg.norm(x, axis=1, keepdims=True))
+                    memory = TieredMemory(MemoryConfig(dim=x.shape[1], **self.memory_config))
+                    # one memory per rank, each of its own rows (no collective): replicated=True
+                    self._runtime = StreamRuntime(memory, StreamBridge(pl_module.bridge, learn=False, freeze=False),
+                                                  replicated=True)
+                # the one id per event; a repeated event is skipped by the runtime's replay rule
+                self._runtime.ingest(batch_ids(batch)[keep], x / np.linalg.norm(x, axis=1, keepdims=True))
         have = sum(len(p) for p in self._probes)
         if have < self.num_probes and self.query_space in emb:
             a = emb[self.query_space][has[self.query_space]].detach().float().cpu()
@@ -98,6 +120,10 @@ class SafeAtKLogger(Callback):
         return self._audit
 
     # ------------------------------------------------------------------ hooks
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx: int = 0) -> None:
+        """evaluate.py: the same telemetry over the replay (the evaluator's runtime ingests)."""
+        self.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._ingest(pl_module, batch)
         bridge = getattr(pl_module, "bridge", None)
@@ -133,20 +159,17 @@ class SafeAtKLogger(Callback):
     @torch.no_grad()
     def compute(self, pl_module) -> tuple[dict[str, float], TF.Certificate, object, object]:
         """Certificate of the probe set with the current bridge; returns (metrics, cert, result, choice)."""
-        bridge, memory = pl_module.bridge, self.memory_of(pl_module)
-        probes = self.probes
-        q, a_norm, u_norm = bridge_queries(bridge, probes)
-        choice = choose_epsilon(bridge, self.epsilon_source, self.epsilon_value)
-        eps_q = query_epsilon(choice, a_norm, u_norm)
-        res = memory.search(q.numpy().astype(np.float32), self.candidates, rescore=self.rescore, record_hits=False)
+        runtime = self.runtime_of(pl_module)
+        memory = runtime.memory
+        ans = runtime.query(self.probes, self.k, candidates=self.candidates, rescore=self.rescore, record_hits=False,
+                            epsilon_source=self.epsilon_source, epsilon_value=self.epsilon_value)
+        q, res, cert, choice = ans.queries, ans.result, ans.certificate, ans.epsilon
         sharded = memory.distributed  # this rank lacks the other shards' vectors
-        cert = certify_search(res, self.k, eps_q, None if sharded else memory, rescored=self.rescore,
-                              distances="cap" if sharded else "vectors")
         metric = SafeAtK(self.k)
         metric.update(cert)
         rates = metric.compute()  # synced over ranks when a process group exists
         # exact recall probes need every live item in one place: not done on a sharded memory (nan)
-        probe = None if sharded else probe_recall(memory, q[: self.recall_probes].numpy(), self.k,
+        probe = None if sharded else probe_recall(memory.shard, q[: self.recall_probes].numpy(), self.k,
                                                   res.ids[: self.recall_probes, : self.k])
         audit = self._audit.totals if self._audit is not None else {}
         m = {
@@ -210,14 +233,13 @@ class SafeAtKLogger(Callback):
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict:
-        return {"probes": self.probes, "seen_refreshes": self._seen_refreshes, "next_id": self._next_id,
+        return {"probes": self.probes, "seen_refreshes": self._seen_refreshes,
                 "audit": self._audit.state_dict() if self._audit is not None else None}
 
     def load_state_dict(self, state_dict: dict) -> None:
         probes = state_dict.get("probes")
         self._probes = [probes] if probes is not None else []
         self._seen_refreshes = int(state_dict.get("seen_refreshes", 0))
-        self._next_id = int(state_dict.get("next_id", 0))
         self._audit_state = state_dict.get("audit")
         self._audit = None
 

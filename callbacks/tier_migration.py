@@ -1,10 +1,13 @@
 """Lightning callback that schedules tier migration and logs it; the policy and its state live in
 ``luma_pl.memory.migration.HitMigration`` (see there for what one check does).
 
-Where the memory lives: ``pl_module.memory`` (a ``TieredMemory``, or a ``ShardedMemory`` whose
-local shard is migrated), looked up at every check, like ``HeavyHitterAdmission``. Every
-``every_n_batches`` training batches (batches, not ``global_step``: a module without an optimizer
-never advances ``global_step``) one check runs on every rank (a collective under DDP).
+What it drives: the module's ``StreamRuntime`` (``pl_module.runtime()``: a bridge module in
+``train.py fit``, the ``StreamEvaluator`` in ``evaluate.py``), which owns the memory and, from
+``setup`` on, this callback's ``HitMigration`` (``runtime.use_migration``). Every ``every_n_batches``
+batches of fit or test (batches, not ``global_step``: a module without an optimizer never advances
+``global_step``) one check runs on every rank on its local shard (``runtime.migrate()``). The hits it
+counts are the ones the runtime's searches record: the stream's queries in training, the replay's
+queries in evaluation; a module that records none is refused at ``setup``.
 
 Promotions, demotions and checks are counted and saved in checkpoints (``state_dict``: tensors
 and primitives; ``load_state_dict`` with ``.get`` defaults).
@@ -30,6 +33,7 @@ class TierMigration(pl.Callback):
         self.log = log
         self.policy = HitMigration(capacity, promote_min_count, idle_checks, max_moves)
         self.batches = 0
+        self.runtime = None
 
     # the policy's counts, read by loggers and tests
     checks = property(lambda self: self.policy.checks)
@@ -44,17 +48,27 @@ class TierMigration(pl.Callback):
                              "(records_hits=False), so every hot item would look idle and be demoted; ask the "
                              "stream's queries (model.module.stream_queries_k > 0, and a memory) or remove "
                              "the TierMigration callback")
+        runtime = pl_module.runtime() if callable(getattr(pl_module, "runtime", None)) else None
+        if runtime is None:
+            raise AttributeError(f"{type(pl_module).__name__} has no stream runtime (runtime() is None or missing); "
+                                 "TierMigration migrates the module's memory: give the module a memory "
+                                 "(model.init_args.memory) or remove the callback")
+        runtime.use_migration(self.policy)
+        self.runtime = runtime
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: dict, batch_idx: int) -> None:
+        self._step(pl_module)
+
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                          batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._step(pl_module)
+
+    def _step(self, pl_module: pl.LightningModule) -> None:
         self.batches += 1
         if self.batches % self.every_n_batches:
             return
-        memory = getattr(pl_module, "memory", None)
-        if memory is None:
-            raise AttributeError(f"{type(pl_module).__name__} has no 'memory' attribute; TierMigration "
-                                 "migrates pl_module.memory (a TieredMemory or ShardedMemory): set it")
-        self.policy.check(memory.shard)
+        self.runtime.migrate()
         if self.log:
             pl_module.log_dict({"migration/promotions": float(self.promotions),
                                 "migration/demotions": float(self.demotions),

@@ -123,8 +123,13 @@ def _proto_run(rank: int, world: int, memory_factory, batches_by_rank: list[list
 
     cfg = {"mode": "prototypes", "prefilter": {"basis": "none"}, "cluster": {"m": 12},
            "counter": {"policy": "space_saving", "capacity": 6}, "upsert_interval": 40, "probe": 3}
+    from luma_pl.stream import batch_ids
+    from luma_pl.stream.runtime import StreamRuntime
+
     cb = HeavyHitterAdmission(cfg, space="v", log=False)
-    module = SimpleNamespace(memory=memory_factory())
+    runtime = StreamRuntime(memory_factory())
+    module = SimpleNamespace(runtime=lambda: runtime, memory=runtime.memory)
+    cb.setup(None, module, "fit")
     for b in range(PN):
         if world == 1:  # one process: the concatenated global batch
             parts = [batches_by_rank[r][b] for r in range(len(batches_by_rank))]
@@ -132,6 +137,7 @@ def _proto_run(rank: int, world: int, memory_factory, batches_by_rank: list[list
                      "has": {"v": torch.cat([p["has"]["v"] for p in parts])}, "key": sum((p["key"] for p in parts), [])}
         else:
             batch = batches_by_rank[rank][b]
+        runtime.ingest(batch_ids(batch), batch["emb"]["v"].numpy())  # what a bridge module's step does
         cb.on_train_batch_end(None, module, None, batch, b)
     return cb, module
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import Callback, Trainer
 
 from callbacks.heavy_hitter_admission import HeavyHitterAdmission
 from callbacks.memory_checkpoint import MemoryCheckpoint
 from callbacks.tier_migration import TierMigration
 from data_modules import StreamReplayDataModule, write_blocks
 from luma_pl.configuration import ConfigError
-from luma_pl.memory import MemoryConfig, TieredMemory
+from luma_pl.modules import ProcrustesBridgeModule
 from luma_pl.stream import event_ids
 
 D, N, BATCH = 32, 320, 16
@@ -35,26 +35,19 @@ def write_stream(folder):
                  topics=[f"t{i // (N // 5)}" for i in range(N)], block_events=32, events_per_shard=64)
 
 
-def new_memory():
-    return TieredMemory(MemoryConfig(dim=D, hot_max_items=40, hot_max_bytes=1 << 20, warm_max_items=150,
-                                     warm_max_bytes=1 << 21, nlist=2, pq_m=4, pq_nbits=4, hnsw_m=8))
+MEMORY = {"dim": D, "hot_max_items": 40, "hot_max_bytes": 1 << 20, "warm_max_items": 150, "warm_max_bytes": 1 << 21,
+          "nlist": 2, "pq_m": 4, "pq_nbits": 4, "hnsw_m": 8}
 
 
-class QueryingModule(LightningModule):
-    """Holds the memory (``self.memory``) and asks each batch's queries (which records hits)."""
-
-    def __init__(self):
-        super().__init__()
-        self.automatic_optimization = False
-        self.memory = new_memory()
-
-    def training_step(self, batch, batch_idx):
-        q = batch["emb"]["query_minilm"]
-        if len(q) and len(self.memory):
-            self.memory.search(q.numpy(), 3)
-
-    def configure_optimizers(self):
-        return None
+def bridge_module(memory: dict = MEMORY, stream_queries_k: int = 3) -> ProcrustesBridgeModule:
+    """The real training module: it ingests each batch's items through its stream runtime and asks
+    the batch's queries of the memory (recording hits) once the bridge has refreshed. Its anchor
+    pairs are (x, x), so the bridge is the identity and the queries reach the memory as written."""
+    return ProcrustesBridgeModule(bridge={"d_s": D, "d_c": D, "refresh_every": 32},
+                                  module={"source_space": "minilm", "canonical_space": "minilm",
+                                          "query_space": "query_minilm", "item_space": "minilm",
+                                          "stream_queries_k": stream_queries_k},
+                                  memory=memory)
 
 
 class SaveAt(Callback):
@@ -69,15 +62,16 @@ class SaveAt(Callback):
 
 def trainer(tmp_path, callbacks, **kw):
     return Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
+                   limit_val_batches=0,
                    enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
                    default_root_dir=tmp_path, callbacks=callbacks, **kw)
 
 
 def run(tmp_path, shards, save_at=None, resume=None):
-    model = QueryingModule()
+    model = bridge_module()
     adm = HeavyHitterAdmission(ADMISSION, space="minilm")
     mig = TierMigration(every_n_batches=4, capacity=16, promote_min_count=2, idle_checks=2, max_moves=8)
-    cbs = [adm, mig, MemoryCheckpoint(model.memory, on_restore=lambda m: setattr(model, "memory", m))]
+    cbs = [adm, mig, MemoryCheckpoint()]
     if save_at:
         cbs.append(SaveAt(tmp_path / "mid.ckpt", save_at))
     dm = StreamReplayDataModule(root=str(shards), batch_size=BATCH)
@@ -132,27 +126,12 @@ def test_config_errors():
     assert mig.checks == 0 and len(mig.counter) == 0
 
 
-class HoldingModule(LightningModule):
-    """Holds the memory the callbacks drive; asks nothing during the fit."""
-
-    def __init__(self):
-        super().__init__()
-        self.automatic_optimization = False
-        self.memory = TieredMemory(MemoryConfig(dim=D, hot_max_items=16, hot_max_bytes=1 << 20, warm_max_items=0,
-                                                pq_m=4, hot_backend="flat"))
-
-    def training_step(self, batch, batch_idx):
-        return None
-
-    def configure_optimizers(self):
-        return None
-
-
 def run_prototypes(tmp_path, shards, save_at=None, resume=None):
-    model = HoldingModule()
+    model = bridge_module({"dim": D, "hot_max_items": 16, "hot_max_bytes": 1 << 20, "warm_max_items": 0, "pq_m": 4,
+                           "hot_backend": "flat"}, stream_queries_k=0)
     cfg = {**ADMISSION, "mode": "prototypes", "upsert_interval": 48, "probe": 2, "members_per_label": 20}
     adm = HeavyHitterAdmission(cfg, space="minilm", prototype_dir=str(tmp_path / "members"))
-    cbs = [adm, MemoryCheckpoint(model.memory, on_restore=lambda m: setattr(model, "memory", m))]
+    cbs = [adm, MemoryCheckpoint()]
     if save_at:
         cbs.append(SaveAt(tmp_path / "mid.ckpt", save_at))
     trainer(tmp_path, cbs).fit(model, datamodule=StreamReplayDataModule(root=str(shards), batch_size=BATCH),
@@ -165,7 +144,7 @@ def test_prototypes_mode_counts_searches_exactly_and_resumes(tmp_path):
     shards = tmp_path / "shards"
     write_stream(shards)
     model, adm = run_prototypes(tmp_path / "a", shards)
-    idx, pipe = model.prototypes, adm.pipeline
+    idx, pipe = model.stream.prototypes, adm.pipeline
     assert idx is adm.prototypes and idx.stats["upserts"] == N // 48
     # every arrival is accounted for: dropped by the prefilter, not admitted, or kept; kept members
     # are held or dropped (label left the counter, or over members_per_label), all counted
@@ -197,8 +176,8 @@ def test_prototypes_mode_counts_searches_exactly_and_resumes(tmp_path):
     def member_ids(index):  # store rows differ after a resume (the vectors are appended anew)
         return {lab: [i for i, _ in m] for lab, m in index.members.items()}
 
-    assert member_ids(model_c.prototypes) == member_ids(idx) and model_c.prototypes.stats == idx.stats
-    ids_c, sc_c = model_c.prototypes.search(q, 5)
+    assert member_ids(model_c.stream.prototypes) == member_ids(idx) and model_c.stream.prototypes.stats == idx.stats
+    ids_c, sc_c = model_c.stream.prototypes.search(q, 5)
     np.testing.assert_array_equal(ids_c, ids)
     np.testing.assert_allclose(sc_c, sc, rtol=1e-6)
     ckpt = torch.load(tmp_path / "b" / "mid.ckpt", weights_only=True)

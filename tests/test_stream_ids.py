@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Trainer
 
 from callbacks.heavy_hitter_admission import HeavyHitterAdmission
 from data_modules import StreamReplayDataModule, write_blocks
-from luma_pl.memory import MemoryConfig, TieredMemory
+from luma_pl.modules import ProcrustesBridgeModule
 from luma_pl.stream import batch_ids, event_ids
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,20 +52,6 @@ def _shards(folder):
                  block_events=32, events_per_shard=64)
 
 
-class _Holder(LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.automatic_optimization = False
-        self.memory = TieredMemory(MemoryConfig(dim=D, hot_max_items=N, hot_max_bytes=1 << 22, warm_max_items=N,
-                                                warm_max_bytes=1 << 22, nlist=2, pq_m=4, pq_nbits=4, hnsw_m=8))
-
-    def training_step(self, batch, batch_idx):
-        return None
-
-    def configure_optimizers(self):
-        return None
-
-
 def test_train_and_evaluate_insert_the_same_id_for_the_same_key(tmp_path):
     _shards(tmp_path / "shards")
     want = set(event_ids(KEYS).tolist())
@@ -75,10 +61,14 @@ def test_train_and_evaluate_insert_the_same_id_for_the_same_key(tmp_path):
     seen = [i for b in dm.train_dataloader() for i in b["id"].tolist()]
     assert seen == event_ids(KEYS).tolist()
     # training: admission inserts every arrival (no prefilter, budgets hold all) under its event id
-    model = _Holder()
+    model = ProcrustesBridgeModule(bridge={"d_s": 16, "d_c": D, "refresh_every": 32},
+                                   module={"source_space": "src", "canonical_space": "dst", "query_space": "query_src",
+                                           "item_space": "dst"},
+                                   memory={"dim": D, "hot_max_items": N, "hot_max_bytes": 1 << 22, "warm_max_items": N,
+                                           "warm_max_bytes": 1 << 22, "nlist": 2, "pq_m": 4, "pq_nbits": 4, "hnsw_m": 8})
     adm = HeavyHitterAdmission({"prefilter": {"basis": "none"}, "cluster": {"m": 8},
                                 "counter": {"policy": "space_saving", "capacity": 4}}, space="dst", log=False)
-    Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    Trainer(max_epochs=1, accelerator="cpu", logger=False, limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, callbacks=[adm]).fit(model, datamodule=StreamReplayDataModule(
                 root=str(tmp_path / "shards"), batch_size=40))
     trained = set(model.memory.ids[: model.memory.num_keys].tolist())

@@ -22,7 +22,8 @@ PLOTS = {
 
 
 def summarise(series: list[dict], k: int, latency: LatencyHistogram | None = None) -> dict:
-    """Whole-run figures: query-weighted means of the rates, final memory state, and the per-query
+    """Whole-run figures: query-weighted means of the rates (labelled-query rates weighted by the
+    labelled queries each window scored), final memory state, and the per-query
     latency percentiles of every sample of the run (``latency``: the pooled histogram; without it,
     the median of the windows' percentiles)."""
     if not series:
@@ -35,6 +36,21 @@ def summarise(series: list[dict], k: int, latency: LatencyHistogram | None = Non
         ok = np.isfinite(v)
         return float((v[ok] * w[ok]).sum() / max(w[ok].sum(), 1e-12)) if ok.any() else math.nan
 
+    def weighted(key, by):  # a rate averaged over windows weighted by its own denominator
+        n = np.array([p.get(by, 0.0) for p in series], np.float64)
+        v = np.array([p.get(key, math.nan) for p in series], np.float64)
+        ok = np.isfinite(v) & (n > 0)
+        return float((v[ok] * n[ok]).sum() / n[ok].sum()) if ok.any() else math.nan
+
+    total = lambda key: int(sum(p.get(key, 0) for p in series))  # noqa: E731
+    labelled = {"labelled_queries": total("labelled_queries"), "labelled_scored": total("labelled_scored"),
+                "labelled_unanswered": total("labelled_unanswered"),
+                **{f"labelled_{m.replace('@k', f'@{k}')}": weighted(f"labelled_{m}", "labelled_scored")
+                   for m in ("hit_rate@k", "recall@k", "mrr@k", "ndcg@k")},
+                "labelled_safe@1": weighted("labelled_safe@1", "labelled_queries"),
+                f"labelled_safe@{k}": weighted("labelled_safe@k", "labelled_queries"),
+                "labelled_relevant": total("labelled_relevant"),
+                "labelled_relevant_unseen": total("labelled_relevant_unseen")}
     last = series[-1]
     lat50 = [p["latency_p50_ms"] for p in series if math.isfinite(p["latency_p50_ms"])]
     lat99 = [p["latency_p99_ms"] for p in series if math.isfinite(p["latency_p99_ms"])]
@@ -56,7 +72,7 @@ def summarise(series: list[dict], k: int, latency: LatencyHistogram | None = Non
             "duplicates_skipped": int(sum(p.get("duplicates_skipped", 0) for p in series)),
             "replay_skipped": int(sum(p.get("replay_skipped", 0) for p in series)),
             "replay_events_skipped": int(sum(p.get("replay_events_skipped", 0) for p in series)),
-            "wall_s": last["wall_s"]}
+            **labelled, "wall_s": last["wall_s"]}
 
 
 def write_report(series: list[dict], summary: dict, out_dir: str | Path, extra: dict | None = None) -> dict[str, Path]:

@@ -11,7 +11,11 @@ Each replay batch (docs/architecture.md) is one step of the stream:
 3. **queries**: ``fresh_queries`` of this batch's events and ``old_queries`` drawn uniformly from
    earlier events (memory retention; a bounded reservoir sample of every earlier event, so the cost
    per batch does not grow with the stream) ask their source-space query (``query_space``),
-   bridged into canonical space; the relevant item is the event's own item;
+   bridged into canonical space; the relevant item is the event's own item. **Labelled query
+   events** (``batch["relevant"]``: the event carries the ids of its relevant items, possibly none;
+   see ``data_modules/shard_format.py``) are queries, not items: each is asked once, in stream
+   order after this batch's ingest, scored against its own labels (several relevant items, or
+   none: counted, not scored), and is never ingested, learned from or sampled;
 4. **telemetry**: HitRate/Recall/MRR/nDCG@k, the Safe@1/Safe@k certificate (docs/design.md section 6) with
    the ε actually used, ζ, latency, RAM per tier and the process's RSS, drops and evictions, aggregated per window of
    ``window_batches`` batches and logged (W&B / CSV through the Trainer's loggers).
@@ -34,19 +38,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from luma_pl.admission.pipeline import AdmissionConfig, AdmissionPipeline, PrototypeIndex
+from luma_pl.admission.pipeline import AdmissionConfig
 from luma_pl.bridge.procrustes import ProcrustesConfig, StreamingProcrustes
 from luma_pl.configuration import StrictConfig, as_config, require
 from luma_pl.memory import MemoryConfig, TieredMemory
-from luma_pl.memory.policy import HOT
-from luma_pl.memory.sharded import ShardedMemory
-from luma_pl.memory.tiered import SearchResult
 from luma_pl.metrics import functional as MF
 from luma_pl.ranks import initialised, rank_and_world
 from luma_pl.stream.bridge import StreamBridge, bridge_from_state
 from luma_pl.stream.ids import batch_ids
-from luma_pl.stream.pool import QueryReservoir, SeenIds
-from luma_pl.telemetry import safe_at_k as S
+from luma_pl.stream.pool import QueryReservoir
+from luma_pl.stream.runtime import StreamRuntime
 from luma_pl.telemetry.functional import EPSILON_SOURCES
 from luma_pl.telemetry.latency import LatencyHistogram, quantile
 from luma_pl.telemetry.resources import resident_set_bytes
@@ -54,7 +55,16 @@ from luma_pl.telemetry.resources import resident_set_bytes
 # window sums, all-reduced across ranks: one float64 vector in this order
 SUMS = ("queries", "hit", "recall", "mrr", "ndcg", "safe1", "safek", "crude1",
         "eps_q", "zeta1", "margin_top2", "ingested", "fresh_queries_hit", "fresh_queries", "old_queries_hit",
-        "old_queries", "duplicates", "replay_skipped", "replay_events_skipped")
+        "old_queries", "duplicates", "replay_skipped", "replay_events_skipped",
+        "labelled_asked", "labelled_scored", "labelled_hit", "labelled_recall", "labelled_mrr", "labelled_ndcg",
+        "labelled_safe1", "labelled_safek", "labelled_unanswered", "labelled_relevant", "labelled_relevant_unseen")
+"""Sampled queries (``queries`` ... ``old_queries``) and labelled query events (``labelled_*``) are
+summed apart: ``labelled_asked`` were answered, ``labelled_scored`` of them list a relevant item (the
+rates' denominator), ``labelled_unanswered`` came before the bridge mapped anything or without a
+query vector, ``labelled_relevant_unseen`` of the ``labelled_relevant`` ids listed had not arrived
+when the query was asked (a stream that asks about its future)."""
+
+SAMPLED, LABELLED = 0, 1
 
 
 @dataclasses.dataclass
@@ -151,6 +161,30 @@ def load_checkpoint_safely(path: str, argument: str) -> dict:
     return ckpt
 
 
+def labelled_rows(batch: dict, B: int) -> np.ndarray:
+    """(B,) bool: which rows of a replay batch are labelled query events (``batch["relevant"][i]`` is
+    not None); a batch without the field (built by hand, or by an older reader) has none."""
+    rel = batch.get("relevant")
+    if rel is None:
+        return np.zeros(B, bool)
+    if len(rel) != B:
+        raise ValueError(f"batch['relevant'] has {len(rel)} entries for {B} events; the replay writes one per event "
+                         "(None, or a LongTensor of the relevant items' ids)")
+    return np.array([r is not None for r in rel], bool)
+
+
+def labelled_point(s: dict) -> dict:
+    """A window's labelled-query figures from its summed ``labelled_*`` counts (rates are NaN in a
+    window that scored none, so they drop out of the query-weighted means)."""
+    scored, asked = s["labelled_scored"], s["labelled_asked"]
+    rate = lambda key, n: s[key] / n if n else math.nan  # noqa: E731
+    return {"labelled_queries": asked, "labelled_scored": scored, "labelled_unanswered": s["labelled_unanswered"],
+            "labelled_hit_rate@k": rate("labelled_hit", scored), "labelled_recall@k": rate("labelled_recall", scored),
+            "labelled_mrr@k": rate("labelled_mrr", scored), "labelled_ndcg@k": rate("labelled_ndcg", scored),
+            "labelled_safe@1": rate("labelled_safe1", asked), "labelled_safe@k": rate("labelled_safek", asked),
+            "labelled_relevant": s["labelled_relevant"], "labelled_relevant_unseen": s["labelled_relevant_unseen"]}
+
+
 class StreamEvaluator(pl.LightningModule):
     """Runs the evaluation in ``test_step``; ``trainer.test(evaluator, datamodule)`` drives it.
 
@@ -171,25 +205,19 @@ class StreamEvaluator(pl.LightningModule):
         self.save_hyperparameters({"eval": self.cfg.to_dict(), "bridge": self.bridge_cfg.to_dict(),
                                    "memory": self.memory_cfg.to_dict(),
                                    "admission": None if self.admission_cfg is None else self.admission_cfg.to_dict()})
-        self.bridge = StreamingProcrustes(self.bridge_cfg)  # replaced by the checkpoint's bridge in setup
-        self.memory = None
-        self.admission = None
+        self.bridge = StreamingProcrustes(self.bridge_cfg)  # replaced by the checkpoint's bridge in runtime()
+        self.stream = None
         self.series: list[dict] = []
 
     # --- set-up ---------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        rank, world = rank_and_world()
-        local = TieredMemory(self.memory_cfg, directory=None if self.memory_dir is None
-                             else f"{self.memory_dir}/rank{rank}")
-        self.memory = ShardedMemory(local) if world > 1 else local
-        self.prototypes = None
-        if self.admission_cfg is not None:
-            self.admission = AdmissionPipeline(self.admission_cfg, dim=self.memory_cfg.dim)
-            if self.admission_cfg.mode == "prototypes":
-                # the memory holds the centroids; every rank keeps the same members (it replays the
-                # same batches), so answers are the same on every rank
-                self.prototypes = PrototypeIndex(self.admission, self.memory, directory=None if self.memory_dir is None
-                                                 else f"{self.memory_dir}/rank{rank}/members")
+    def runtime(self):
+        """The evaluator's ``StreamRuntime`` (``luma_pl.stream.runtime``), built on first call (the
+        callbacks' ``setup`` runs before this module's): the bridge (from ``bridge_checkpoint``, any
+        kind, or a Procrustes bridge from scratch), the memory (sharded under DDP), and the
+        admission of ``model.admission`` (or none: a ``HeavyHitterAdmission`` callback may set it)."""
+        if self.stream is not None:
+            return self.stream
+        rank, _ = rank_and_world()
         optimizer_state = None
         if self.cfg.bridge_checkpoint:
             arg = f"bridge_checkpoint={self.cfg.bridge_checkpoint!r}"
@@ -201,10 +229,38 @@ class StreamEvaluator(pl.LightningModule):
             opt = ckpt.get("optimizer_states")
             if isinstance(opt, list) and len(opt) == 1 and isinstance(opt[0], dict):
                 optimizer_state = opt[0]  # a learned bridge keeps learning with its own Adam moments
-        self.stream_bridge = StreamBridge(self.bridge, learn=self.cfg.fit_bridge, optimizer_state=optimizer_state)
-        self.stream_bridge.set_reference()  # the stored vectors are compared against this bridge
+        bridge = StreamBridge(self.bridge, learn=self.cfg.fit_bridge, optimizer_state=optimizer_state)
+        bridge.set_reference()  # the stored vectors are compared against this bridge
+        # every rank replays the whole stream (replicated): ingest needs no all-gather
+        self.stream = StreamRuntime.build(self.memory_cfg, self.memory_dir, bridge, replicated=True)
+        if self.admission_cfg is not None:
+            self.stream.use_admission(self.admission_cfg, prototype_dir=None if self.memory_dir is None
+                                      else f"{self.memory_dir}/rank{rank}/members")
+        return self.stream
+
+    @property
+    def stream_bridge(self) -> StreamBridge:
+        return self.runtime().bridge
+
+    @property
+    def memory(self):
+        """The runtime's memory (TieredMemory, or ShardedMemory under DDP)."""
+        return None if self.stream is None else self.stream.memory
+
+    @property
+    def admission(self):
+        return None if self.stream is None else self.stream.admission
+
+    @property
+    def prototypes(self):
+        return None if self.stream is None else self.stream.prototypes
+
+    records_hits = True
+    """The replay's queries record hits (``TierMigration`` needs them)."""
+
+    def setup(self, stage: str) -> None:
+        self.runtime()
         self._rng = np.random.default_rng(self.cfg.seed)
-        self._seen = SeenIds()  # event ids ingested so far (replicated on every rank)
         self._pool = QueryReservoir(self.cfg.query_pool, self.stream_bridge.d_s)  # earlier events' queries
         self._latency = LatencyHistogram()  # the run's per-query latencies (all ranks, all windows)
         self._reset_window()
@@ -225,7 +281,7 @@ class StreamEvaluator(pl.LightningModule):
     def stream_state(self) -> dict[str, int]:
         """What the replay keeps about the events so far: ``seen_ids`` (distinct event ids ingested),
         ``query_rows`` (rows of queries offered to the pool), ``query_pool`` (rows it holds now)."""
-        return {"seen_ids": len(self._seen), "query_rows": int(self._pool.seen), "query_pool": len(self._pool)}
+        return {"seen_ids": len(self.stream.seen), "query_rows": int(self._pool.seen), "query_pool": len(self._pool)}
 
     # --- one stream step ------------------------------------------------------------------------
     @torch.no_grad()
@@ -235,68 +291,61 @@ class StreamEvaluator(pl.LightningModule):
         B = len(batch["key"])
         ids = batch_ids(batch)
         emb, has = batch.get("emb", {}), batch.get("has", {})
-        item_ok = has[cfg.item_space].numpy().copy() if B else np.zeros(0, bool)
-        # a key replayed twice (a stream that repeats an event, or two shards that overlap) is
-        # skipped and counted, not inserted twice. Every rank sees every batch, so the check is
-        # replicated (a set of the ids seen) and every rank's admission state stays identical.
+        labelled = labelled_rows(batch, B)
+        item_ok = has[cfg.item_space].numpy().astype(bool) & ~labelled if B else np.zeros(0, bool)
         if rank == 0:  # the reader's counted skips (replicated replay: every rank sees the same batch)
             self._sums[SUMS.index("replay_skipped")] += int(batch.get("skipped", 0))
             self._sums[SUMS.index("replay_events_skipped")] += int(batch.get("events_skipped", 0))
-        if B:
-            fresh = self._seen.first_arrivals(ids, item_ok)
-            if rank == 0:  # replicated counts are counted once (the window sums are all-reduced)
-                self._sums[SUMS.index("duplicates")] += int((item_ok & ~fresh).sum())
-            item_ok = fresh
 
-        # 1. ingest (timed): every rank sees the same batch; each keeps the ids it owns
+        # 1. ingest (timed) through the runtime: the replay rule (a key replayed twice, or two shards
+        # that overlap, is skipped and counted), admission, each rank keeping the ids it owns
         t = time.perf_counter()
-        if B and item_ok.any():
-            x = emb[cfg.item_space].numpy()[item_ok]
-            if self.prototypes is not None:
-                self.prototypes.ingest(ids[item_ok], x)
-            elif self.admission is not None:
-                self.admission.ingest_items(self.memory, ids[item_ok], x)
-            else:
-                self.memory.insert(ids[item_ok], x)
+        x = emb[cfg.item_space].numpy()[item_ok] if B else np.zeros((0, self.memory.dim), np.float32)
+        done = self.stream.ingest(ids[item_ok], x)
         self._ingest_s += time.perf_counter() - t
-        if rank == 0:
-            self._sums[SUMS.index("ingested")] += int(item_ok.sum())
+        if rank == 0:  # replicated counts are counted once (the window sums are all-reduced)
+            self._sums[SUMS.index("duplicates")] += done.replayed
+            self._sums[SUMS.index("ingested")] += len(done.ids)
 
         # 2. bridge: this rank's share of the anchor pairs; learning is a collective (Procrustes
         # all-reduces its increments, a learned bridge its gradients)
         if cfg.fit_bridge:
             if B:
-                pair = has[cfg.source_space] & has[cfg.item_space]
+                pair = has[cfg.source_space] & has[cfg.item_space] & ~torch.from_numpy(labelled)
                 pair[torch.arange(B) % world != rank] = False
                 s, c = emb[cfg.source_space][pair], emb[cfg.item_space][pair]
             else:
                 s = torch.zeros(0, self.stream_bridge.d_s)
                 c = torch.zeros(0, self.stream_bridge.d_c)
-            self.stream_bridge.learn(s, c)
+            self.stream.learn(s, c)
 
         # 3. queries: the same global selection on every rank, rows split by rank
-        a, target, fresh = self._select_queries(batch, ids, B)
-        mine = np.arange(len(target)) % world == rank
-        a, target, fresh = a[mine], target[mine], fresh[mine]
-        if self.stream_bridge.ready():  # a Procrustes bridge that never refreshed maps nothing yet
-            self._ask(a, target, fresh)
-        elif world > 1:
-            self._ask(a[:0], target[:0], fresh[:0])  # the sharded search is a collective
+        a, relevant, kind, fresh = self._select_queries(batch, ids, B, labelled)
+        ready = self.stream.ready()  # a Procrustes bridge that never refreshed maps nothing yet
+        if rank == 0:
+            asked = kind == LABELLED
+            self._sums[SUMS.index("labelled_unanswered")] += int(labelled.sum()) - (int(asked.sum()) if ready else 0)
+        mine = np.flatnonzero(np.arange(len(kind)) % world == rank)
+        if ready:
+            self._ask(a[mine], [relevant[i] for i in mine], kind[mine], fresh[mine])
         self._batches += 1
         self._events += B
         if self._batches % cfg.window_batches == 0:
             self._close_window()
 
-    def _select_queries(self, batch: dict, ids: np.ndarray, B: int):
+    def _select_queries(self, batch: dict, ids: np.ndarray, B: int, labelled: np.ndarray):
+        """This batch's queries, the same on every rank: ``(a (Q, d_s) float32, relevant (Q arrays of
+        relevant ids), kind (Q,) SAMPLED/LABELLED, fresh (Q,) bool)``. Sampled queries are fresh rows
+        of this batch and draws from the reservoir of earlier events (relevant: the event's own id);
+        labelled query events come last with their own labels and never enter the reservoir."""
         cfg = self.cfg
         d_s = self.stream_bridge.d_s
-        q_ok = batch["has"][cfg.query_space].numpy() if B else np.zeros(0, bool)
+        q_has = batch["has"][cfg.query_space].numpy().astype(bool) if B else np.zeros(0, bool)
         qa = batch["emb"][cfg.query_space].numpy() if B else np.zeros((0, d_s), np.float32)
+        q_ok = q_has & ~labelled
         fresh_rows = np.flatnonzero(q_ok)
         fresh_rows = self._rng.permutation(fresh_rows)[: cfg.fresh_queries]
-        a = [qa[fresh_rows]]
-        target = [ids[fresh_rows]]
-        fresh = [np.ones(len(fresh_rows), bool)]
+        a, target, fresh = [qa[fresh_rows]], [ids[fresh_rows]], [np.ones(len(fresh_rows), bool)]
         if cfg.old_queries and len(self._pool):
             old_a, old_id = self._pool.draw(cfg.old_queries, self._rng)
             a.append(old_a)
@@ -304,73 +353,72 @@ class StreamEvaluator(pl.LightningModule):
             fresh.append(np.zeros(len(old_id), bool))
         # this batch's events become "earlier events" from the next step
         self._pool.offer(qa[q_ok], ids[q_ok], self._rng)
-        return (np.concatenate(a).astype(np.float32), np.concatenate(target), np.concatenate(fresh))
+        lab_rows = np.flatnonzero(labelled & q_has)
+        a.append(qa[lab_rows])
+        target = np.concatenate(target)
+        relevant = [t[None] for t in target] + [batch["relevant"][i].numpy() for i in lab_rows]
+        kind = np.concatenate([np.full(len(target), SAMPLED, np.int8), np.full(len(lab_rows), LABELLED, np.int8)])
+        fresh = np.concatenate([*fresh, np.zeros(len(lab_rows), bool)])
+        return np.concatenate(a).astype(np.float32), relevant, kind, fresh
 
-    def _ask(self, a: np.ndarray, target: np.ndarray, fresh: np.ndarray) -> None:
+    def _ask(self, a: np.ndarray, relevant: list, kind: np.ndarray, fresh: np.ndarray) -> None:
+        """Ask this rank's queries (a collective under DDP: every rank calls it, maybe with 0 rows)
+        and add their metrics (``MF.per_query_from_ids``: binary relevance over the ids each query
+        lists) and certificates to the window sums, sampled and labelled apart."""
         cfg = self.cfg
         k = cfg.k
-        q, a_norm, u_norm = S.bridge_queries(self.bridge, torch.from_numpy(a))  # (Q, d_c)
-        t = time.perf_counter()
-        # k + 1 candidates: the certificate compares the top-k against the next one
-        res = self._search(q.numpy(), k + 1)
+        ans = self.stream.query(torch.from_numpy(a), k, rescore=cfg.rescore, record_hits=True,
+                                epsilon_source=cfg.epsilon_source, epsilon_value=cfg.epsilon_value,
+                                distances=cfg.certificate_distances)
         if len(a):
-            self._lat.append((time.perf_counter() - t) / len(a))
-        self._probe_latency(q.numpy(), k + 1)
+            self._lat.append(ans.search_seconds / len(a))
+        self._probe_latency(ans.queries.numpy(), k + 1)
+        self._eps_used = (ans.epsilon.value, ans.epsilon.source)
         if not len(a):
             return
-        # metrics through the functional core: the k returned ranks as descending scores, plus one
-        # column for the relevant item when it is not in the top-k (so the ideal DCG counts it)
-        rel = torch.from_numpy(res.ids[:, :k] == target[:, None])  # (Q, k): one relevant item per query
-        found = rel.any(1)
-        scores = torch.cat([torch.arange(k, 0, -1, dtype=torch.float64).expand(len(a), k),
-                            torch.zeros(len(a), 1, dtype=torch.float64)], dim=1)  # (Q, k + 1)
-        rel_full = torch.cat([rel, ~found[:, None]], dim=1)
-        per = {m: MF.per_query(m, scores, rel_full, k)[0] for m in ("hit_rate", "recall", "mrr", "ndcg")}
+        res, cert, eps_q = ans.result, ans.certificate, ans.epsilon_q
+        per = MF.per_query_from_ids(res.ids[:, :k], relevant, k)
         hit = per["hit_rate"]
-        choice = S.choose_epsilon(self.bridge, cfg.epsilon_source, cfg.epsilon_value)
-        eps_q = S.query_epsilon(choice, a_norm, u_norm)
-        rank, world = rank_and_world()
-        mode = cfg.certificate_distances
-        if mode == "auto" or self.prototypes is not None:
-            mode = "vectors" if world == 1 and self.prototypes is None else "cap"
-        cert = S.certify_search(res, k, eps_q, memory=self.local_memory if mode == "vectors" else None,
-                                rescored=cfg.rescore, distances=mode)
+        sampled = torch.from_numpy(kind == SAMPLED)
+        fresh_t = torch.from_numpy(fresh)
         sums = self._sums
-        for name, v in (("queries", len(a)), ("hit", hit.sum()), ("recall", per["recall"].sum()),
-                        ("mrr", per["mrr"].sum()), ("ndcg", per["ndcg"].sum()), ("safe1", cert.safe_at_1.sum()),
-                        ("safek", cert.safe_at_k.sum()), ("crude1", cert.crude_safe_at_1.sum()), ("eps_q", eps_q.clamp(max=1e6).sum()),
-                        ("zeta1", torch.as_tensor(cert.zeta_1).sum()),
-                        ("margin_top2", torch.as_tensor(cert.margin_top2).nan_to_num(0.0).sum()),
-                        ("fresh_queries", fresh.sum()), ("fresh_queries_hit", hit[torch.from_numpy(fresh)].sum()),
-                        ("old_queries", (~fresh).sum()), ("old_queries_hit", hit[torch.from_numpy(~fresh)].sum())):
+        for name, v in (("queries", sampled.sum()), ("hit", hit[sampled].sum()), ("recall", per["recall"][sampled].sum()),
+                        ("mrr", per["mrr"][sampled].sum()), ("ndcg", per["ndcg"][sampled].sum()),
+                        ("safe1", cert.safe_at_1[sampled].sum()), ("safek", cert.safe_at_k[sampled].sum()),
+                        ("crude1", cert.crude_safe_at_1[sampled].sum()), ("eps_q", eps_q[sampled].clamp(max=1e6).sum()),
+                        ("zeta1", torch.as_tensor(cert.zeta_1)[sampled].sum()),
+                        ("margin_top2", torch.as_tensor(cert.margin_top2)[sampled].nan_to_num(0.0).sum()),
+                        ("fresh_queries", fresh_t.sum()), ("fresh_queries_hit", hit[fresh_t].sum()),
+                        ("old_queries", (sampled & ~fresh_t).sum()), ("old_queries_hit", hit[sampled & ~fresh_t].sum())):
             sums[SUMS.index(name)] += float(v)
-        self._eps_used = (choice.value, choice.source)
+        lab = np.flatnonzero(kind == LABELLED)
+        if not len(lab):
+            return
+        n_rel = np.array([len(np.unique(relevant[i])) for i in lab])
+        unseen = sum(int((~self.stream.seen.contains(np.unique(relevant[i]))).sum()) for i in lab)
+        scored = torch.from_numpy(lab[n_rel > 0])
+        lab_t = torch.from_numpy(lab)
+        for name, v in (("labelled_asked", len(lab)), ("labelled_scored", len(scored)),
+                        ("labelled_hit", hit[scored].sum()), ("labelled_recall", per["recall"][scored].sum()),
+                        ("labelled_mrr", per["mrr"][scored].sum()), ("labelled_ndcg", per["ndcg"][scored].sum()),
+                        ("labelled_safe1", cert.safe_at_1[lab_t].sum()), ("labelled_safek", cert.safe_at_k[lab_t].sum()),
+                        ("labelled_relevant", n_rel.sum()), ("labelled_relevant_unseen", unseen)):
+            sums[SUMS.index(name)] += float(v)
 
     def _probe_latency(self, q: np.ndarray, k: int) -> None:
         """Search ``latency_probes`` of this batch's queries one at a time, timing each. Under DDP the
         sharded search is a collective, so every rank makes the same number of calls (a rank short
         of queries searches a zero row, untimed); only a ready bridge asks anything (replicated)."""
-        if not self.cfg.latency_probes or not self.stream_bridge.ready():
+        if not self.cfg.latency_probes or not self.stream.ready():
             return
         world = rank_and_world()[1]
         n = self.cfg.latency_probes if world > 1 else min(self.cfg.latency_probes, len(q))
         for i in range(n):
             row = q[i % len(q)][None] if len(q) else np.zeros((1, q.shape[1]), np.float32)
             t = time.perf_counter()
-            self._search(row, k)
+            self.stream.search(row, k, rescore=self.cfg.rescore, record_hits=True)
             if len(q):
                 self._probe_lat.add(time.perf_counter() - t)
-
-    def _search(self, q: np.ndarray, k: int) -> SearchResult:
-        if self.prototypes is None:
-            return self.memory.search(q, k, rescore=self.cfg.rescore, record_hits=True)
-        # prototypes mode: exact scores of the probed clusters' members (ζ = 0). As with IVF's
-        # unprobed lists (docs/design.md section 6), members of unprobed clusters are items the
-        # approximate search missed: outside the certificate, measured by the recall numbers.
-        ids, scores = self.prototypes.search(q, k)
-        valid = ids >= 0
-        return SearchResult(ids, scores, np.where(valid, HOT, -1).astype(np.int8),
-                            np.zeros(ids.shape, np.float32), 0.0)
 
     def _close_window(self) -> None:
         sums = torch.from_numpy(np.concatenate([self._sums, self._probe_lat.counts.astype(np.float64)]))
@@ -392,6 +440,7 @@ class StreamEvaluator(pl.LightningModule):
                  "mean_eps_q": s["eps_q"] / nq, "mean_zeta1": s["zeta1"] / nq, "zeta_max": float(stats["zeta_max"]),
                  "fresh_hit_rate": s["fresh_queries_hit"] / max(s["fresh_queries"], 1.0),
                  "old_hit_rate": s["old_queries_hit"] / max(s["old_queries"], 1.0),
+                 **labelled_point(s),
                  "latency_p50_ms": quantile(probe_counts, 0.5) * 1e3, "latency_p99_ms": quantile(probe_counts, 0.99) * 1e3,
                  "latency_samples": float(probe_counts.sum()),
                  "search_ms_per_query": float(np.median(lat) * 1e3) if len(lat) else math.nan,

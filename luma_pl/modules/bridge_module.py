@@ -44,6 +44,7 @@ class ProcrustesBridgeModule(BridgeModuleBase):
         with torch.no_grad():
             s, c = self.pairs(batch)  # (n, d_s), (n, d_c); n = 0 on padding batches
             refreshed = self.bridge.fit_step(s, c)  # joins the increment all-reduce on schedule
+        self.ingest_items(batch)  # the stream's items, through admission, into the memory
         self.ask_stream_queries(batch)  # the stream's queries record hits for tier migration
         self.log("train/pairs", float(self.bridge.pairs_total), on_step=True, on_epoch=False)
         if refreshed:
@@ -70,6 +71,7 @@ class ProcrustesBridgeModule(BridgeModuleBase):
         # Lightning writes rank 0's state only: merge every rank's pending increment first, or the
         # other ranks' unsynced pairs would be missing on resume. Every rank dumps the checkpoint,
         # so this collective is joined by all; merging early only reorders float additions.
+        super().on_save_checkpoint(checkpoint)
         if self.bridge.config.sync_every > 1:
             self.bridge.sync_increment()
 

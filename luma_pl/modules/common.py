@@ -17,7 +17,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from luma_pl.bridge.distributed import gather_rows
 from luma_pl.configuration import StrictConfig, as_config, require  # noqa: F401 (as_config re-exported)
 from luma_pl.metrics import build
-from luma_pl.ranks import rank_and_world
+from luma_pl.stream.ids import batch_ids
+
+STREAM_STATE_KEY = "luma_stream"
+"""Checkpoint key of the module's ``StreamRuntime`` state (ids seen, counters)."""
 
 _MODALITY = {"txt": "text", "jpg": "image", "png": "image", "flac": "audio", "wav": "audio"}
 
@@ -142,6 +145,7 @@ class BridgeModuleBase(LightningModule):
         """``Trainer.fit(ckpt_path=...)``: the bridge config this module was built with is the one the
         run asked for. The checkpoint's config (``bridge._extra_state``) would otherwise win silently
         in ``set_extra_state``: resumable fields take this module's value, others must agree."""
+        self._load_stream_state(checkpoint)
         extra = checkpoint.get("state_dict", {}).get("bridge._extra_state")
         saved = extra.get("config") if isinstance(extra, dict) else None
         if not isinstance(saved, dict):
@@ -166,33 +170,77 @@ class BridgeModuleBase(LightningModule):
             rank_zero_warn(f"resume: bridge settings changed from the checkpoint's and applied from now on: "
                            f"{ {k: f'{o!r} -> {n!r}' for k, (o, n) in changed.items()} }")
 
-    # --- the memory the callbacks drive ------------------------------------------------------------
+    # --- the stream runtime the callbacks drive ---------------------------------------------------
     def _set_memory(self, memory, memory_dir: str | None) -> None:
-        """``memory``: a MemoryConfig (or dict) -> ``self.memory`` is built in ``setup``, where the
-        process group exists (a ShardedMemory under DDP). The admission, migration, Safe@k and
-        memory-checkpoint callbacks find it as ``pl_module.memory``; None = no memory."""
+        """``memory``: a MemoryConfig (or dict) -> the stream runtime (``luma_pl.stream.runtime``) that
+        owns the memory, the replay rule, admission and migration is built on first use
+        (``runtime()``, at the latest in ``setup``, where the process group exists: a ShardedMemory
+        under DDP). Each training batch's items are ingested through it and its queries asked of it;
+        the admission, migration, Safe@k and memory-checkpoint callbacks configure and schedule it.
+        None = no memory (the bridge alone is trained)."""
         from luma_pl.memory import MemoryConfig
 
         self.memory_cfg = None if memory is None else as_config(MemoryConfig, memory)
         self.memory_dir = memory_dir
-        self.memory = None
+        self.stream = None
+
+    def runtime(self):
+        """The module's ``StreamRuntime`` (built on first call), or None when it has no memory."""
+        if self.stream is None and getattr(self, "memory_cfg", None) is not None:
+            from luma_pl.stream.bridge import StreamBridge
+            from luma_pl.stream.runtime import StreamRuntime
+
+            # the bridge learns through training_step (Lightning's optimizer / the closed-form update);
+            # the runtime only maps queries with it, so it neither steps nor freezes it
+            self.stream = StreamRuntime.build(self.memory_cfg, self.memory_dir,
+                                              StreamBridge(self.bridge, learn=False, freeze=False))
+        return self.stream
+
+    @property
+    def memory(self):
+        """The runtime's memory (TieredMemory, or ShardedMemory under DDP); None without one."""
+        stream = self.__dict__.get("stream")
+        return None if stream is None else stream.memory
+
+    @memory.setter
+    def memory(self, value) -> None:
+        stream = self.runtime() if value is not None else self.__dict__.get("stream")
+        if stream is None:
+            raise ValueError("memory: this module has no memory config (model.init_args.memory); set one "
+                             "to hold a memory")
+        stream.memory = value
 
     def setup(self, stage: str) -> None:
-        if getattr(self, "memory_cfg", None) is None or self.memory is not None:
-            return
+        self.runtime()
 
-        from luma_pl.memory import TieredMemory
-        from luma_pl.memory.sharded import ShardedMemory
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.stream is not None:  # the ids seen (replay rule) and the stream's counters
+            state = self.stream.state_dict()
+            checkpoint[STREAM_STATE_KEY] = {"seen": torch.from_numpy(state["seen"]), "counts": state["counts"]}
 
-        rank, world = rank_and_world()
-        folder = None if self.memory_dir is None else f"{self.memory_dir}/rank{rank}"
-        local = TieredMemory(self.memory_cfg, directory=folder)
-        self.memory = ShardedMemory(local) if world > 1 else local
+    def _load_stream_state(self, checkpoint: dict) -> None:
+        state = checkpoint.get(STREAM_STATE_KEY)
+        if state is not None and self.runtime() is not None:
+            self.stream.load_state_dict(state)
 
     @property
     def records_hits(self) -> bool:
         """Whether training asks the memory the stream's queries (``TierMigration`` needs it)."""
         return self.memory_cfg is not None and self.cfg.stream_queries_k > 0
+
+    def ingest_items(self, batch: dict) -> None:
+        """Ingest this batch's ``item_space`` rows into the stream runtime (admission, replay rule).
+        A collective under DDP: every rank calls it on every batch (0 rows on padding)."""
+        if self.runtime() is None:
+            return
+        x = np.zeros((0, self.memory_cfg.dim), np.float32)
+        ids = np.zeros(0, np.int64)
+        if self._can_read(batch, self.cfg.item_space) and len(batch.get("key", [])):
+            e, h = self.space(batch, self.cfg.item_space)
+            keep = h.cpu().numpy().astype(bool)
+            x = e.detach().float().cpu().numpy()[keep]
+            ids = batch_ids(batch)[keep]
+        self.stream.ingest(ids, x)
 
     @torch.no_grad()
     def ask_stream_queries(self, batch: dict) -> int:
@@ -206,7 +254,7 @@ class BridgeModuleBase(LightningModule):
             a, h = self.space(batch, self.cfg.query_space)
             if bool(h.any()):
                 x = self.bridge(a[h].float()).float().cpu().numpy()
-        self.memory.search(x, self.cfg.stream_queries_k, record_hits=True)
+        self.stream.search(x, self.cfg.stream_queries_k, record_hits=True)
         return len(x)
 
     # --- reading a batch ----------------------------------------------------------------------

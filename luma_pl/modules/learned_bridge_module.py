@@ -41,6 +41,7 @@ class LearnedBridgeModule(BridgeModuleBase):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         s, c = self.pairs(batch)
         loss, parts = self.bridge.loss(s, c)  # a collective under DDP, also for n = 0
+        self.ingest_items(batch)  # the stream's items, through admission, into the memory
         self.ask_stream_queries(batch)  # the stream's queries record hits for tier migration
         # mean over ranks of the per-rank values is the global-batch loss
         self.log("train/loss", loss.detach(), sync_dist=True, on_step=True, on_epoch=False)

@@ -74,7 +74,10 @@ def bridge_from_state(state: dict, argument: str) -> nn.Module:
 class StreamBridge:
     """A bridge module as the stream drives it (see the module docstring)."""
 
-    def __init__(self, module: nn.Module, learn: bool, optimizer_state: dict | None = None) -> None:
+    def __init__(self, module: nn.Module, learn: bool, optimizer_state: dict | None = None,
+                 freeze: bool = True) -> None:
+        """``freeze``: a bridge that does not learn here has its parameters stop requiring grad
+        (False: something else trains it, e.g. Lightning's optimizer in ``train.py``)."""
         self.module = module
         self.kind = bridge_kind(module)
         self.learns = bool(learn)
@@ -89,7 +92,7 @@ class StreamBridge:
                     raise ValueError(f"the checkpoint's optimizer state does not fit this bridge's optimizer "
                                      f"({type(err).__name__}: {err}); pass a checkpoint of the same bridge "
                                      "written by train.py") from err
-        if isinstance(module, LearnedBridge):
+        if isinstance(module, LearnedBridge) and (self.learns or freeze):
             module.requires_grad_(self.learns)
             if not module.config.learn_temperature:
                 module.log_scale.requires_grad_(False)
