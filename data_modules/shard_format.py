@@ -10,8 +10,10 @@ Two sample kinds live in the same shards:
   optional ``relevant.json`` (a JSON list of event-key strings: the event is a labelled query whose
   relevant items are those events; an empty list is a labelled query with no relevant item).
 * **block** sample: many events (e.g. 1024) of precomputed embeddings. Entries ``events.json``
-  (``{"keys": [n], "topics": [n], "text": {ext: [n]}, "relevant": [n]}``; ``relevant`` optional,
-  each entry ``null`` = not a labelled query or a list of event keys), ``ts.npy`` ``(n,)`` int64 and
+  (``{"keys": [n], "topics": [n], "text": {ext: [n]}, "relevant": [n], "absent": {space: [rows]}}``;
+  ``relevant`` optional, each entry ``null`` = not a labelled query or a list of event keys;
+  ``absent`` optional, the rows that are events without that space: zero rows replayed with ``has``
+  False, not counted as bad embeddings), ``ts.npy`` ``(n,)`` int64 and
   ``<space>.npy`` ``(n, d)`` float32. Why: one tar member per 512-d vector is bounded by per-member
   overhead (~2,600 samples/s through webdataset's generic pipeline); a block is one member per
   space per 1024 events and reads at memory speed.

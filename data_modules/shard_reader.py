@@ -421,7 +421,28 @@ def _decode_block(raw: dict, spaces: dict[str, int], media: list[str], cfg: Read
     relevant = None
     if meta.get("relevant") is not None:
         relevant = _block_relevant(meta["relevant"], n, f"{key}.{BLOCK_MARKER}: relevant", cfg.max_relevant)
+    for space, rows in _block_absent(meta.get("absent"), n, f"{key}.{BLOCK_MARKER}: absent").items():
+        if space in emb:  # rows the writer marked as events without this space: absent, not bad
+            emb[space] = emb[space].copy() if not emb[space].flags.writeable else emb[space]
+            emb[space][rows] = 0.0
+            has[space][rows] = False
     return EventChunk(keys, ts, topics, emb, has, payloads, relevant)
+
+
+def _block_absent(value, n: int, what: str) -> dict[str, np.ndarray]:
+    """A block's ``absent`` field: space -> row indices in [0, n) of events without that space."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CorruptSample(f"{what} is a JSON {type(value).__name__}, expected an object space -> row list",
+                            "bad_json")
+    out = {}
+    for space, rows in value.items():
+        if not isinstance(rows, list) or len(rows) > n or not all(
+                isinstance(r, int) and not isinstance(r, bool) and 0 <= r < n for r in rows):
+            raise CorruptSample(f"{what}[{space!r}] must be a list of at most {n} row indices in [0, {n})", "bad_json")
+        out[space] = np.asarray(rows, np.int64)
+    return out
 
 
 def concat_chunks(chunks: list[EventChunk]) -> EventChunk:

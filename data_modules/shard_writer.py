@@ -138,10 +138,14 @@ class ShardSetWriter:
 
     def write_block(self, *, keys: Sequence[str], ts: np.ndarray, emb: dict[str, np.ndarray],
                     topics: Sequence[str] | None = None, texts: dict[str, Sequence[str]] | None = None,
-                    block_key: str | None = None, relevant: Sequence[Sequence[str] | None] | None = None) -> None:
+                    block_key: str | None = None, relevant: Sequence[Sequence[str] | None] | None = None,
+                    has: dict[str, np.ndarray] | None = None) -> None:
         """One block sample of n events: ``ts`` (n,), ``emb`` space -> (n, d), texts ext -> n strings,
         ``relevant`` n entries, each None (not a labelled query) or the keys of the events relevant
-        to that one (``[]``: labelled, nothing relevant); stored as ``events.json``'s ``relevant``."""
+        to that one (``[]``: labelled, nothing relevant); stored as ``events.json``'s ``relevant``.
+        ``has`` space -> (n,) bool: rows where it is False are events without that space (an image
+        without a caption): written as zero rows and listed in ``events.json``'s ``absent``, so the
+        replay gives them ``has`` False instead of counting a zero row as a bad embedding."""
         ts = np.asarray(ts, np.int64).reshape(-1)  # (n,)
         n = ts.shape[0]
         if len(keys) != n:
@@ -158,17 +162,32 @@ class ShardSetWriter:
                 raise ValueError(f"relevant must be a list of {n} entries (one per event: None or a list of event "
                                  f"keys), got {got}")
             rel = [None if r is None else _relevant_list(r, f"relevant[{i}]") for i, r in enumerate(relevant)]
+        arrays = {}
+        for space, arr in sorted(emb.items()):  # checked before anything is written
+            arr = np.ascontiguousarray(arr, np.float32)
+            if arr.ndim != 2 or arr.shape[0] != n:
+                raise ValueError(f"emb[{space!r}] has shape {arr.shape}; expected ({n}, d)")
+            arrays[space] = arr
+        absent = {}
+        for space, mask in (has or {}).items():
+            mask = np.asarray(mask)
+            if space not in arrays or mask.dtype != bool or mask.shape != (n,):
+                raise ValueError(f"has[{space!r}] must be a ({n},) bool array for a space in emb "
+                                 f"({sorted(arrays)}), got {mask.dtype} {mask.shape}")
+            if not mask.all():
+                absent[space] = np.flatnonzero(~mask).tolist()
+                arrays[space] = arrays[space].copy()
+                arrays[space][~mask] = 0.0
         self._open_if_needed()
         bkey = block_key or f"block{self._seq:09d}"
         meta = {"keys": [str(k) for k in keys], "topics": [str(t) for t in topics], "text": texts}
         if rel is not None:
             meta["relevant"] = rel
+        if absent:
+            meta["absent"] = absent
         self._add(f"{bkey}.{BLOCK_MARKER}", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
         self._add(f"{bkey}.ts.npy", _npy_bytes(ts))
-        for space, arr in sorted(emb.items()):
-            arr = np.ascontiguousarray(arr, np.float32)
-            if arr.ndim != 2 or arr.shape[0] != n:
-                raise ValueError(f"emb[{space!r}] has shape {arr.shape}; expected ({n}, d)")
+        for space, arr in arrays.items():
             self._space(space, arr.shape[1])
             self._add(f"{bkey}.{space}.npy", _npy_bytes(arr))
         self.media.update(texts)
@@ -194,9 +213,11 @@ def write_blocks(folder: str | os.PathLike, *, keys: Sequence[str], ts: np.ndarr
                  emb: dict[str, np.ndarray], topics: Sequence[str] | None = None,
                  texts: dict[str, Sequence[str]] | None = None, name: str = "events",
                  block_events: int = 1024, events_per_shard: int = 8192,
-                 relevant: Sequence[Sequence[str] | None] | None = None) -> Manifest:
+                 relevant: Sequence[Sequence[str] | None] | None = None,
+                 has: dict[str, np.ndarray] | None = None) -> Manifest:
     """Write arrays of n events as block shards: rows ``[i, i + block_events)`` per block.
-    ``relevant``: n entries (None or the relevant event keys of that query event), cut with the blocks."""
+    ``relevant``: n entries (None or the relevant event keys of that query event), cut with the blocks;
+    ``has``: space -> (n,) bool, False for events without that space (see ``write_block``)."""
     n = len(keys)
     if relevant is not None and (isinstance(relevant, (str, bytes)) or not isinstance(relevant, Sequence)
                                  or len(relevant) != n):
@@ -209,5 +230,6 @@ def write_blocks(folder: str | os.PathLike, *, keys: Sequence[str], ts: np.ndarr
             w.write_block(keys=keys[i:j], ts=ts[i:j], emb={s: a[i:j] for s, a in emb.items()},
                           topics=None if topics is None else topics[i:j],
                           texts={e: c[i:j] for e, c in (texts or {}).items()},
-                          relevant=None if relevant is None else relevant[i:j])
+                          relevant=None if relevant is None else relevant[i:j],
+                          has=None if has is None else {sp: np.asarray(m)[i:j] for sp, m in has.items()})
     return Manifest.from_json(json.loads((Path(folder) / "manifest.json").read_text()))
