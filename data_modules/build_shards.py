@@ -1,4 +1,4 @@
-"""Build shards: ``python -m data_modules.build_shards {demo,folder} --help``.
+"""Build shards: ``python -m data_modules.build_shards {demo,folder,webdataset} --help``.
 
 ``demo``: the docstring demo corpus (``luma_pl.corpus``) as block shards of precomputed
 ``minilm``/``wordllama`` embeddings (plus ``query_*`` and texts).
@@ -10,6 +10,12 @@ text tower (the anchor pairs). Videos (mp4/webm/mkv/mov/avi): frames sampled at 
 through the image towers; the clip event holds the mean-pooled vector in ``<space>`` and each
 frame follows as its own event in ``<space>_frame``. Topic = first sub-folder; ts = sidecar value, else the rank in sorted
 path order. A file that cannot be decoded is skipped, named and counted in the report.
+``webdataset``: standard WebDataset shards (img2dataset / open_clip / CLAP style: ``00000.tar`` with
+``<key>.jpg``/``.flac`` + ``.txt``/``.json``), read with the webdataset library
+(``data_modules.webdataset_source``: safe decoders, pickle refused, every skip counted), encoded in
+batches of ``--batch-size`` per forward pass (``--batch-size 1`` is one file per forward), written
+as block shards (``<space>`` image/audio, ``<space>_text`` caption; a row without one is marked
+absent). The report gives events, skips by reason, and encode items/s.
 """
 
 from __future__ import annotations
@@ -69,7 +75,6 @@ def read_sidecar(src: Path) -> dict[str, dict]:
 
 
 def build_folder(args: argparse.Namespace) -> dict:
-    from luma_pl.encoders import EncoderConfig, build_encoder
 
     src = Path(args.src)
     if not src.is_dir():
@@ -81,8 +86,7 @@ def build_folder(args: argparse.Namespace) -> dict:
     # a .txt beside a media file with the same stem is that file's caption, not an event
     media_stems = {p.with_suffix("") for p in files if p.suffix[1:].lower() != "txt"}
     files = [p for p in files if not (p.suffix == ".txt" and p.with_suffix("") in media_stems)]
-    encoders = [build_encoder(EncoderConfig.from_dict(json.loads(e)) if e.startswith("{")
-                              else EncoderConfig(kind=e, device=args.device)) for e in args.encoders]
+    encoders = _encoders(args)
     t0 = time.perf_counter()
     skipped: list[dict] = []  # files that could not be decoded: counted and named, never silent
     with ShardSetWriter(args.out, args.name, args.events_per_shard) as writer:
@@ -118,6 +122,94 @@ def build_folder(args: argparse.Namespace) -> dict:
     manifest = writer.close()
     return {"events": manifest.total_events, "shards": len(manifest.shards), "spaces": manifest.spaces,
             "media": manifest.media, "skipped": skipped, "seconds": round(time.perf_counter() - t0, 3), "out": str(args.out)}
+
+
+def _encoders(args: argparse.Namespace) -> list:
+    """``--encoders``: kinds (``minilm``) or ``EncoderConfig`` JSON objects (clip / clap with a path
+    or a ``model_cfg``)."""
+    from luma_pl.encoders import EncoderConfig, build_encoder
+
+    return [build_encoder(EncoderConfig.from_dict(json.loads(e)) if e.startswith("{")
+                          else EncoderConfig(kind=e, device=args.device)) for e in args.encoders]
+
+
+def encode_samples(encoders: list, samples: list) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One batch of decoded ``WebDatasetSample``s through every encoder, one forward pass per tower:
+    ``<space>`` = the image or audio by that encoder's own tower, ``<space>_text`` = the caption by
+    its text tower. Returns ``(emb space -> (n, d) float32, has space -> (n,) bool)``; rows without
+    that input are zero and ``has`` False."""
+    n = len(samples)
+    emb: dict[str, np.ndarray] = {}
+    has: dict[str, np.ndarray] = {}
+
+    def put(space: str, dim: int, rows: list[int], vectors) -> None:
+        if not rows:
+            return
+        emb.setdefault(space, np.zeros((n, dim), np.float32))[rows] = vectors.cpu().numpy()
+        has.setdefault(space, np.zeros(n, bool))[rows] = True
+
+    for enc in encoders:
+        if "image" in enc.modalities:
+            rows = [i for i, s in enumerate(samples) if s.image is not None]
+            put(enc.space, enc.dim, rows, enc.encode_image([samples[i].image for i in rows], batch_size=max(1, n)))
+        if "audio" in enc.modalities:
+            rows = [i for i, s in enumerate(samples) if s.audio is not None]
+            put(enc.space, enc.dim, rows, enc.encode_audio([samples[i].audio for i in rows], batch_size=max(1, n)))
+        if "text" in enc.modalities:
+            rows = [i for i, s in enumerate(samples) if s.caption]
+            put(f"{enc.space}_text", enc.dim, rows,
+                enc.encode_text([samples[i].caption for i in rows], batch_size=max(1, n)))
+    return emb, has
+
+
+def build_webdataset(args: argparse.Namespace) -> dict:
+    """Standard WebDataset shards -> block shards of precomputed embeddings (see the module doc)."""
+    from tqdm import tqdm
+
+    from .webdataset_source import WebDatasetConfig, WebDatasetSkips, iter_webdataset
+
+    if args.batch_size < 1:
+        raise SystemExit(f"--batch-size {args.batch_size} must be >= 1 (1 = one file per forward pass)")
+    encoders = _encoders(args)
+    rates = {e.sample_rate for e in encoders if "audio" in e.modalities and e.sample_rate}
+    if len(rates) > 1:
+        raise SystemExit(f"--encoders: the audio encoders expect different sample rates {sorted(rates)}; use one")
+    cfg = WebDatasetConfig(urls=args.src, ts_field=args.ts_field, topic_field=args.topic_field,
+                           caption_field=args.caption_field, audio_sample_rate=rates.pop() if rates else 48000)
+    skips = WebDatasetSkips()
+    t0 = time.perf_counter()
+    encode_s, forwards_of = 0.0, 0
+    bar = tqdm(desc="samples", unit=" samples", file=sys.stderr, disable=not args.progress)
+
+    def flush(batch: list) -> None:
+        nonlocal encode_s, forwards_of
+        t = time.perf_counter()
+        emb, has = encode_samples(encoders, batch)
+        encode_s += time.perf_counter() - t
+        forwards_of += 1
+        writer.write_block(keys=[s.key for s in batch], ts=np.array([s.ts for s in batch], np.int64), emb=emb,
+                           has=has, topics=[s.topic for s in batch], texts={"txt": [s.caption for s in batch]})
+        bar.update(len(batch))
+
+    with ShardSetWriter(args.out, args.name, args.events_per_shard) as writer:
+        batch: list = []
+        for sample in iter_webdataset(cfg, skips):
+            batch.append(sample)
+            if len(batch) == args.batch_size:
+                flush(batch)
+                batch = []
+        if batch:
+            flush(batch)
+    bar.close()
+    manifest = writer.close()
+    report = {"events": manifest.total_events, "shards": len(manifest.shards), "spaces": manifest.spaces,
+              "skipped": skips.report(), "batches": forwards_of, "batch_size": args.batch_size,
+              "encode_s": round(encode_s, 3), "encode_items_per_s": round(manifest.total_events / encode_s, 1)
+              if encode_s else None, "seconds": round(time.perf_counter() - t0, 3), "out": str(args.out)}
+    if manifest.total_events == 0:
+        raise SystemExit(f"--src {args.src!r}: 0 events written; every sample was skipped ({skips.report()}); "
+                         "check the encoders' modalities and the samples' entries")
+    return report
 
 
 def _embed_event(encoders: list, path: Path, ext: str, caption: str | None) -> dict[str, np.ndarray]:
@@ -161,7 +253,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data_modules.build_shards", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("demo", "folder"):
+    for name in ("demo", "folder", "webdataset"):
         s = sub.add_parser(name, help=f"build shards from the {name} source")
         s.add_argument("--out", required=True, help="output folder for <name>-%%06d.tar + manifest.json")
         s.add_argument("--name", default=name, help="shard base name (default: %(default)s)")
@@ -173,6 +265,19 @@ def make_parser() -> argparse.ArgumentParser:
             s.add_argument("--max-items", type=int, default=None, help="keep at most N items")
             s.add_argument("--cache-dir", default=None, help="corpus cache root (default ~/.cache/luma_pl)")
             s.add_argument("--block-events", type=int, default=256, help="events per block sample (default: %(default)s)")
+        elif name == "webdataset":
+            s.add_argument("--src", required=True, help="WebDataset shards: a brace pattern "
+                           "('data/{00000..00009}.tar'), a folder of .tar files, or a pipe:/URL spec")
+            s.add_argument("--encoders", nargs="+", default=["minilm", "wordllama"],
+                           help="encoder kinds, or EncoderConfig JSON objects for clip/clap")
+            s.add_argument("--batch-size", type=int, default=64, help="samples per forward pass (default: "
+                           "%(default)s; 1 = one file per forward)")
+            s.add_argument("--ts-field", default=None, help="JSON field holding each sample's integer ts "
+                           "(default: the sample's position in the stream)")
+            s.add_argument("--topic-field", default=None, help="JSON field holding each sample's topic")
+            s.add_argument("--caption-field", default="caption", help="JSON field read as the caption when a "
+                           "sample has no .txt (default: %(default)s)")
+            s.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
         else:
             s.add_argument("--src", required=True, help="folder of images/audio/.txt (+ captions.jsonl|csv)")
             s.add_argument("--encoders", nargs="+", default=["minilm", "wordllama"],
@@ -185,7 +290,8 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     limit_cpu_threads()
-    report = build_demo(args) if args.command == "demo" else build_folder(args)
+    build = {"demo": build_demo, "folder": build_folder, "webdataset": build_webdataset}[args.command]
+    report = build(args)
     print(json.dumps(report, indent=1, default=str))
     return 0
 

@@ -227,8 +227,8 @@ def iter_raw_samples(path: str, cfg: ReaderConfig, on_skip: Callable[[Skip], Non
 
 
 # --- sample level -----------------------------------------------------------------------------
-def _npy(data: bytes, what: str) -> np.ndarray:
-    """A numeric array from ``.npy`` bytes. The header's declared shape must match the bytes that
+def decode_npy(data: bytes, what: str) -> np.ndarray:
+    """(Public: the WebDataset source decodes its ``.npy`` entries with it too.) A numeric array from ``.npy`` bytes. The header's declared shape must match the bytes that
     follow: a forged header declaring a huge shape would otherwise make numpy allocate it first."""
     fh = io.BytesIO(data)
     try:
@@ -297,7 +297,7 @@ def decode_sample(raw: dict, spaces: dict[str, int], media: list[str], cfg: Read
         row = np.zeros((1, d), np.float32)
         present = f"{space}.npy" in raw
         if present:
-            vec = _npy(raw[f"{space}.npy"], f"{key}.{space}.npy").reshape(-1)
+            vec = decode_npy(raw[f"{space}.npy"], f"{key}.{space}.npy").reshape(-1)
             if vec.shape[0] != d:
                 raise CorruptSample(f"{key}.{space}.npy: shape {vec.shape} but the manifest says d={d}")
             row[0] = vec
@@ -346,7 +346,7 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 def _block_ts(data: bytes, what: str) -> np.ndarray:
     """A block's ``ts.npy`` as int64: integers in range, or floats that are finite whole numbers in
     range (NaN or 1e300 cast to int64 would silently become INT64_MIN)."""
-    arr = _npy(data, what)
+    arr = decode_npy(data, what)
     if arr.ndim != 1:
         raise CorruptSample(f"{what}: shape {arr.shape}, expected (n,)", "bad_ts")
     if arr.dtype.kind == "f":
@@ -400,7 +400,7 @@ def _decode_block(raw: dict, spaces: dict[str, int], media: list[str], cfg: Read
     for space, d in spaces.items():
         entry = f"{space}.npy"
         if entry in raw:
-            arr = _npy(raw[entry], f"{key}.{entry}")
+            arr = decode_npy(raw[entry], f"{key}.{entry}")
             if arr.shape != (n, d):
                 raise CorruptSample(f"{key}.{entry}: shape {arr.shape}, expected ({n}, {d})")
             emb[space] = arr.astype(np.float32, copy=False)
