@@ -1,0 +1,57 @@
+"""Standard WebDataset shards as users bring them, built by the tests (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import tarfile
+
+from PIL import Image, ImageDraw
+from tar_helpers import add_member
+
+
+class _Trap:
+    """Unpickling this writes the marker file: the test proves it is never unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _jpeg(i: int) -> bytes:
+    img = Image.new("RGB", (40, 40), (20 * (i % 12), 255 - 15 * (i % 16), 90))
+    ImageDraw.Draw(img).ellipse((i % 20, 5, 20 + i % 20, 30), fill=(250, 250, 250))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def img2dataset_shards(folder, shards=3, per_shard=6, marker=None):
+    """``00000.tar``.. like img2dataset writes them: ``<key>.jpg`` + ``.txt`` + ``.json``. Shard 1 also
+    holds four hostile samples: a pickle entry, an undecodable jpg, a JSON list, no usable entry;
+    one good sample has no caption. Returns the good keys in stream order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good, n = [], 0
+    for s in range(shards):
+        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
+            for _ in range(per_shard):
+                key = f"{n:09d}"
+                add_member(tar, f"{key}.jpg", _jpeg(n))
+                if n != 4:  # sample 4 has no caption
+                    add_member(tar, f"{key}.txt", f"a photo of thing {n}".encode())
+                add_member(tar, f"{key}.json", json.dumps({"key": key, "status": "success", "ts": 1000 + 10 * n,
+                                                           "topic": f"t{n % 3}", "url": f"http://x/{n}"}).encode())
+                good.append(key)
+                n += 1
+            if s == 1:
+                add_member(tar, "evil.jpg", _jpeg(0))
+                add_member(tar, "evil.pkl", pickle.dumps(_Trap(str(marker or folder / "pwned"))))
+                add_member(tar, "broken.jpg", b"\xff\xd8 not a jpeg")
+                add_member(tar, "broken.txt", b"caption")
+                add_member(tar, "listjson.jpg", _jpeg(1))
+                add_member(tar, "listjson.json", b"[1, 2, 3]")
+                add_member(tar, "nothing.cls", b"7")
+    return good
