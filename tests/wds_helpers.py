@@ -55,3 +55,35 @@ def img2dataset_shards(folder, shards=3, per_shard=6, marker=None):
                 add_member(tar, "listjson.json", b"[1, 2, 3]")
                 add_member(tar, "nothing.cls", b"7")
     return good
+
+
+def _flac(i: int, rate: int = 48000, seconds: float = 0.5) -> bytes:
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(int(rate * seconds)) / rate
+    wave = (0.3 * np.sin(2 * np.pi * (220 + 40 * i) * t)).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, wave, rate, format="FLAC")
+    return buf.getvalue()
+
+
+def clap_style_shards(folder, shards=2, per_shard=5):
+    """CLAP-training-style shards: ``<key>.flac`` + ``<key>.json`` with ``{"text": [captions...]}``;
+    shard 0 also holds a sample whose flac does not decode. Returns the good keys."""
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["dog barks", "cat meows", "piano music", "rain sound", "bird sings"]
+    good, n = [], 0
+    for s in range(shards):
+        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
+            for _ in range(per_shard):
+                key = f"clip{n:06d}"
+                add_member(tar, f"{key}.flac", _flac(n))
+                add_member(tar, f"{key}.json", json.dumps({"text": [f"a {words[n % 5]}", "the sound of a loud bird"],
+                                                           "tag": words[n % 5]}).encode())
+                good.append(key)
+                n += 1
+            if s == 0:
+                add_member(tar, "badaudio.flac", b"fLaC not really")
+                add_member(tar, "badaudio.json", b'{"text": ["a dog barks"]}')
+    return good

@@ -114,3 +114,29 @@ def test_build_shards_refuses_a_source_where_nothing_survives(tmp_path):
     with pytest.raises(SystemExit, match="0 events written; every sample was skipped.*no_content"):
         main(["webdataset", "--src", str(tmp_path / "wds"), "--out", str(tmp_path / "out"), "--no-progress",
               "--encoders", "minilm"])
+
+
+def test_clap_style_audio_json_shards_build_with_a_tiny_clap(tmp_path, capsys):
+    from tiny_encoders import tiny_clap_folder
+    from wds_helpers import clap_style_shards
+
+    good = clap_style_shards(tmp_path / "wds")
+    skips = WebDatasetSkips()
+    samples = list(iter_webdataset(WebDatasetConfig(urls=str(tmp_path / "wds"), caption_field="text",
+                                                    topic_field="tag"), skips))
+    assert [s.key for s in samples] == good and skips.counts == {"corrupt_sample": 1}
+    assert samples[0].caption == "a dog barks" and samples[0].topic == "dog barks"  # the first of the captions
+    assert samples[0].audio.dtype == np.float32 and samples[0].audio.shape == (24000,)  # 0.5 s at 48 kHz
+    clap = json.dumps({"kind": "clap", "path": str(tiny_clap_folder(tmp_path / "clap", fusion=False)),
+                       "precision": "fp32"})
+    from data_modules.build_shards import main
+
+    assert main(["webdataset", "--src", str(tmp_path / "wds"), "--out", str(tmp_path / "out"), "--batch-size", "4",
+                 "--caption-field", "text", "--no-progress", "--encoders", clap]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["events"] == 10 and report["skipped"]["by_reason"] == {"corrupt_sample": 1}
+    assert report["spaces"] == {"clap": 16, "clap_text": 16}
+    batches = list(StreamReplayDataset(ReplayConfig(root=str(tmp_path / "out"), batch_size=16,
+                                                    reader=ReaderConfig(decode_media=False))))
+    assert [k for b in batches for k in b["key"]] == good
+    assert all(b["has"]["clap"].all() and b["has"]["clap_text"].all() for b in batches)
