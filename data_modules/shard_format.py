@@ -248,7 +248,17 @@ def load_manifest(folder: str | os.PathLike, scan_if_missing: bool = True) -> Ma
         return manifest
     if not scan_if_missing:
         raise FileNotFoundError(f"{path} does not exist; write it with build_shards or pass scan_if_missing=True")
-    return scan_manifest(list_shards(folder), root=folder)
+    shards = list_shards(folder)
+    if not shards:
+        tars = sorted(p.name for p in Path(folder).glob("*.tar"))
+        held = sorted(p.name for p in Path(folder).iterdir())[:10]
+        hint = (f"it holds {len(tars)} .tar file(s) not named like that (e.g. {tars[0]!r}): standard WebDataset "
+                "shards (img2dataset / open_clip style) are converted with `python -m data_modules.build_shards "
+                f"webdataset --src {str(folder)!r} --out <folder> --encoders ...`" if tars
+                else f"it holds {held or 'nothing'}")
+        raise FileNotFoundError(f"{folder}: no manifest.json and no shard named <name>-NNNNNN.tar (6 digits), so "
+                                f"there is nothing to replay; {hint}")
+    return scan_manifest(shards, root=folder)
 
 
 def scan_manifest(shards: list[Path], root: str | os.PathLike | None = None) -> Manifest:

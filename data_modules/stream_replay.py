@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from luma_pl.configuration import StrictConfig, require
-from luma_pl.ranks import rank_and_world
+from luma_pl.ranks import initialised, rank_and_world
 from luma_pl.stream.ids import event_ids
 from luma_pl.threads import limit_cpu_threads
 
@@ -316,6 +316,8 @@ class StreamReplayDataModule(pl.LightningDataModule):
         self.ts_out_of_order = 0  # events whose ts is below the previous event's (replayed in file order)
         self.dataset: StreamReplayDataset | None = None
         self._resume = 0
+        self._pass_events = 0  # events replayed in this pass (all ranks' sum is checked at its end)
+        self._resumed_pass = False  # a pass resumed mid-way may replay its events before the resume point
 
     def _rank_world(self) -> tuple[int, int]:
         if self.replicate:
@@ -363,8 +365,27 @@ class StreamReplayDataModule(pl.LightningDataModule):
         for code, n in batch.get("skip_reasons", {}).items():
             self.skip_reasons[code] = self.skip_reasons.get(code, 0) + int(n)
         self.ts_out_of_order += int(batch.get("ts_out_of_order", 0))
+        self._pass_events += len(batch["key"])
         if self.dataset is not None and self.batches_consumed >= self.dataset.batches_per_pass():
             self.batches_consumed = 0  # pass complete: a checkpoint now resumes at a fresh pass
+            self._check_pass_replayed_something()
+            self._pass_events = 0
+
+    def _check_pass_replayed_something(self) -> None:
+        """A whole pass that replayed 0 events is an error, not a successful run of empty batches
+        (e.g. every sample skipped because the shards are not in this project's layout). The
+        decision is all-reduced: every rank counts its share, all raise or none does."""
+        events = torch.tensor([float(self._pass_events)], dtype=torch.float64)
+        if self.dataset is not None and not self.replicate and initialised():
+            torch.distributed.all_reduce(events)
+        if int(events.item()) > 0 or self._resumed_pass:
+            self._resumed_pass = False
+            return
+        raise RuntimeError(
+            f"data.root={self.cfg.root!r}: a whole pass over the stream replayed 0 events; skipped per reason so "
+            f"far: {dict(self.skip_reasons) or 'none'}. An event sample needs a 'ts' entry and the spaces it is "
+            "used for (see data_modules/shard_format.py); standard WebDataset shards are converted with "
+            "`python -m data_modules.build_shards webdataset`")
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         trainer = getattr(self, "trainer", None)
@@ -422,5 +443,6 @@ class StreamReplayDataModule(pl.LightningDataModule):
         self.skip_reasons = {str(k): int(v) for k, v in reasons.items()} if isinstance(reasons, dict) else {}
         self.ts_out_of_order = int(state.get("ts_out_of_order", 0))
         self._resume = self.batches_consumed
+        self._resumed_pass = self._resume > 0
         if self.dataset is not None:
             self.dataset.resume_batches = self._resume

@@ -464,6 +464,13 @@ class StreamEvaluator(pl.LightningModule):
         self._reset_window()
 
     def on_test_epoch_end(self) -> None:
+        if self._events == 0:  # every rank replays the whole stream: the same decision everywhere
+            dm = getattr(self.trainer, "datamodule", None)
+            root = getattr(getattr(dm, "cfg", None), "root", "?")
+            raise RuntimeError(f"evaluate: the replay of data.root={root!r} delivered 0 events in {self._batches} "
+                               "batches (every sample skipped, or an empty stream); nothing was evaluated. Check the "
+                               "shards (python -m data_modules.build_shards builds them; standard WebDataset shards "
+                               "go through `build_shards webdataset`)")
         if self._batches % self.cfg.window_batches:
             self._close_window()
         self.stream_bridge.finish()  # a learning Procrustes bridge refreshes on its last pairs
