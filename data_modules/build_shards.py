@@ -16,6 +16,8 @@ path order. A file that cannot be decoded is skipped, named and counted in the r
 batches of ``--batch-size`` per forward pass (``--batch-size 1`` is one file per forward), written
 as block shards (``<space>`` image/audio, ``<space>_text`` caption; a row without one is marked
 absent). The report gives events, skips by reason, and encode items/s.
+``arrays``: embeddings users already have (an ``.npz`` or a folder of ``.npy``: one ``(n, d)`` array
+per space, optional ``keys``/``ts``/``topics`` and ``has_<space>`` masks) as block shards.
 """
 
 from __future__ import annotations
@@ -212,6 +214,74 @@ def build_webdataset(args: argparse.Namespace) -> dict:
     return report
 
 
+ARRAY_META = ("keys", "ts", "topics")
+"""Arrays of ``build_shards arrays`` input with a meaning of their own; every other (n, d) float
+array is a space, and ``has_<space>`` (n,) bool marks the rows that have it."""
+
+
+def load_arrays(src: Path) -> dict[str, np.ndarray]:
+    """``src``: an ``.npz`` file or a folder of ``<name>.npy`` files, read with ``allow_pickle=False``
+    (an object array is refused: it needs pickle)."""
+    try:
+        if src.is_dir():
+            files = sorted(src.glob("*.npy"))
+            if not files:
+                raise SystemExit(f"--src {str(src)!r} holds no .npy files; pass an .npz or a folder of <name>.npy")
+            return {p.stem: np.load(p, allow_pickle=False) for p in files}
+        with np.load(src, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as err:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+        raise SystemExit(f"--src {str(src)!r}: {err}; store keys/topics as fixed-width strings (np.str_), never "
+                         "object arrays (they need pickle, which is refused)") from None
+    except (OSError, EOFError) as err:
+        raise SystemExit(f"--src {str(src)!r} is not a readable .npz / .npy folder ({type(err).__name__}: {err})") from None
+
+
+def build_arrays(args: argparse.Namespace) -> dict:
+    """Users' precomputed embeddings -> block shards: ``keys`` (n,) strings (default: row numbers),
+    ``ts`` (n,) ints (default: row order), ``topics`` (n,) strings, one (n, d) float array per space,
+    ``has_<space>`` (n,) bool for spaces some rows lack (their rows are written absent)."""
+    arrays = load_arrays(Path(args.src))
+    spaces = {k: v for k, v in arrays.items() if k not in ARRAY_META and not k.startswith("has_")}
+    if not spaces:
+        raise SystemExit(f"--src {args.src!r} holds {sorted(arrays)}: no (n, d) embedding array; name one per space, "
+                         "e.g. clip.npy, clap.npy")
+    n = {len(v) for v in spaces.values()}
+    if len(n) != 1:
+        raise SystemExit(f"--src {args.src!r}: the spaces have different row counts "
+                         f"{ {k: len(v) for k, v in spaces.items()} }; every array needs one row per event")
+    n = n.pop()
+    for k, v in spaces.items():
+        if v.ndim != 2 or v.dtype.kind not in "fiu":
+            raise SystemExit(f"--src {args.src!r}: {k} has shape {v.shape} dtype {v.dtype}; a space is an (n, d) "
+                             "float array")
+    keys = arrays.get("keys")
+    keys = [str(i) for i in range(n)] if keys is None else [str(k) for k in keys.tolist()]
+    ts = arrays.get("ts", np.arange(n))
+    topics = arrays.get("topics")
+    for name, col in (("keys", keys), ("ts", ts), ("topics", topics)):
+        if col is not None and len(col) != n:
+            raise SystemExit(f"--src {args.src!r}: {name} has {len(col)} rows, the spaces {n}")
+    if ts.dtype.kind not in "iu":
+        raise SystemExit(f"--src {args.src!r}: ts has dtype {ts.dtype}; pass integers (e.g. unix milliseconds)")
+    if len(set(keys)) != n:
+        raise SystemExit(f"--src {args.src!r}: keys repeat ({n - len(set(keys))} duplicates); an event key is its id")
+    has = {}
+    for k in spaces:
+        mask = arrays.get(f"has_{k}")
+        if mask is not None:
+            if mask.shape != (n,) or mask.dtype != bool:
+                raise SystemExit(f"--src {args.src!r}: has_{k} must be ({n},) bool, got {mask.shape} {mask.dtype}")
+            has[k] = mask
+    t0 = time.perf_counter()
+    manifest = write_blocks(args.out, keys=keys, ts=ts, emb={k: v.astype(np.float32) for k, v in spaces.items()},
+                            topics=None if topics is None else [str(t) for t in topics.tolist()], has=has or None,
+                            name=args.name, block_events=args.block_events, events_per_shard=args.events_per_shard)
+    return {"events": manifest.total_events, "shards": len(manifest.shards), "spaces": manifest.spaces,
+            "absent_rows": {k: int((~m).sum()) for k, m in has.items()}, "seconds": round(time.perf_counter() - t0, 3),
+            "out": str(args.out)}
+
+
 def _embed_event(encoders: list, path: Path, ext: str, caption: str | None) -> dict[str, np.ndarray]:
     """Entries ``<space>`` (the file's image/audio by that encoder's own tower) and ``<space>_text``
     (the caption by its text tower): a caption embedded by both CLAP-text and CLIP-text is exactly
@@ -253,7 +323,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data_modules.build_shards", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("demo", "folder", "webdataset"):
+    for name in ("demo", "folder", "webdataset", "arrays"):
         s = sub.add_parser(name, help=f"build shards from the {name} source")
         s.add_argument("--out", required=True, help="output folder for <name>-%%06d.tar + manifest.json")
         s.add_argument("--name", default=name, help="shard base name (default: %(default)s)")
@@ -265,6 +335,10 @@ def make_parser() -> argparse.ArgumentParser:
             s.add_argument("--max-items", type=int, default=None, help="keep at most N items")
             s.add_argument("--cache-dir", default=None, help="corpus cache root (default ~/.cache/luma_pl)")
             s.add_argument("--block-events", type=int, default=256, help="events per block sample (default: %(default)s)")
+        elif name == "arrays":
+            s.add_argument("--src", required=True, help="an .npz, or a folder of <name>.npy: one (n, d) array per "
+                           "space, optional keys / ts / topics (n,) and has_<space> (n,) bool")
+            s.add_argument("--block-events", type=int, default=1024, help="events per block sample (default: %(default)s)")
         elif name == "webdataset":
             s.add_argument("--src", required=True, help="WebDataset shards: a brace pattern "
                            "('data/{00000..00009}.tar'), a folder of .tar files, or a pipe:/URL spec")
@@ -290,7 +364,8 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     limit_cpu_threads()
-    build = {"demo": build_demo, "folder": build_folder, "webdataset": build_webdataset}[args.command]
+    build = {"demo": build_demo, "folder": build_folder, "webdataset": build_webdataset,
+             "arrays": build_arrays}[args.command]
     report = build(args)
     print(json.dumps(report, indent=1, default=str))
     return 0
