@@ -16,6 +16,8 @@ path order. A file that cannot be decoded is skipped, named and counted in the r
 batches of ``--batch-size`` per forward pass (``--batch-size 1`` is one file per forward), written
 as block shards (``<space>`` image/audio, ``<space>_text`` caption; a row without one is marked
 absent). The report gives events, skips by reason, and encode items/s.
+``retrieval``: a standard retrieval test set (COCO / Flickr30k Karpathy JSON, Clotho / AudioCaps CSV,
+generic JSONL) as item events plus every caption as a labelled query (``data_modules.retrieval_sets``).
 ``arrays``: embeddings users already have (an ``.npz`` or a folder of ``.npy``: one ``(n, d)`` array
 per space, optional ``keys``/``ts``/``topics`` and ``has_<space>`` masks) as block shards.
 """
@@ -214,6 +216,17 @@ def build_webdataset(args: argparse.Namespace) -> dict:
     return report
 
 
+def build_retrieval(args: argparse.Namespace) -> dict:
+    """A standard retrieval test set -> item events + labelled caption queries (``data_modules.retrieval_sets``)."""
+    from .retrieval_sets import read_retrieval_set, write_retrieval_set
+
+    try:
+        items = read_retrieval_set(args.format, Path(args.src), Path(args.media_root), args.split)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--src {args.src!r} ({args.format}): {err}") from None
+    return write_retrieval_set(items, _encoders(args), Path(args.out), args.batch_size, args.events_per_shard)
+
+
 ARRAY_META = ("keys", "ts", "topics")
 """Arrays of ``build_shards arrays`` input with a meaning of their own; every other (n, d) float
 array is a space, and ``has_<space>`` (n,) bool marks the rows that have it."""
@@ -323,7 +336,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data_modules.build_shards", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("demo", "folder", "webdataset", "arrays"):
+    for name in ("demo", "folder", "webdataset", "arrays", "retrieval"):
         s = sub.add_parser(name, help=f"build shards from the {name} source")
         s.add_argument("--out", required=True, help="output folder for <name>-%%06d.tar + manifest.json")
         s.add_argument("--name", default=name, help="shard base name (default: %(default)s)")
@@ -335,6 +348,14 @@ def make_parser() -> argparse.ArgumentParser:
             s.add_argument("--max-items", type=int, default=None, help="keep at most N items")
             s.add_argument("--cache-dir", default=None, help="corpus cache root (default ~/.cache/luma_pl)")
             s.add_argument("--block-events", type=int, default=256, help="events per block sample (default: %(default)s)")
+        elif name == "retrieval":
+            s.add_argument("--format", required=True, choices=("karpathy", "clotho", "audiocaps", "jsonl"),
+                           help="annotation format (COCO/Flickr30k Karpathy JSON, Clotho CSV, AudioCaps CSV, JSONL)")
+            s.add_argument("--src", required=True, help="the annotation file")
+            s.add_argument("--media-root", required=True, help="folder the annotation's file names are relative to")
+            s.add_argument("--split", default="test", help="Karpathy split to keep (default: %(default)s)")
+            s.add_argument("--encoders", nargs="+", required=True, help="encoder kinds or EncoderConfig JSON objects")
+            s.add_argument("--batch-size", type=int, default=64, help="media per forward pass (default: %(default)s)")
         elif name == "arrays":
             s.add_argument("--src", required=True, help="an .npz, or a folder of <name>.npy: one (n, d) array per "
                            "space, optional keys / ts / topics (n,) and has_<space> (n,) bool")
@@ -365,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     limit_cpu_threads()
     build = {"demo": build_demo, "folder": build_folder, "webdataset": build_webdataset,
-             "arrays": build_arrays}[args.command]
+             "arrays": build_arrays, "retrieval": build_retrieval}[args.command]
     report = build(args)
     print(json.dumps(report, indent=1, default=str))
     return 0
