@@ -114,7 +114,7 @@ def main() -> None:
                                            f"crude_safe_at_{k}": float(c.crude_safe_at_k.double().mean())}
     out["epsilon_sweep"] = sweep
     if args.adversarial:
-        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "luma_pl", "telemetry"))
         from test_safe_at_k_adversarial import load_real, run_adversarial, tightness
 
         data = load_real(n_items=len(Cn), n_queries=len(Aq))

@@ -170,7 +170,7 @@ def test_an_old_learned_checkpoint_without_interval_buffers_still_loads():
 
 
 # --- through a LightningModule checkpoint (Trainer.fit(ckpt_path=...)) ----------------------------
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "luma_pl" / "modules"))
 from test_bridge_module import D_C as M_DC  # noqa: E402
 from test_bridge_module import D_S as M_DS  # noqa: E402
 from test_bridge_module import SyntheticStream  # noqa: E402

@@ -16,7 +16,7 @@ import pytest
 
 from luma_pl.memory import MemoryConfig, TieredMemory, load, save
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 D = 16
 CFG = dict(dim=D, hot_max_items=60, hot_max_bytes=1 << 20, warm_max_items=2000, warm_max_bytes=1 << 22,
            nlist=4, nprobe=4, pq_m=4, pq_nbits=4, train_points_per_centroid=20, hnsw_m=8)
@@ -243,7 +243,7 @@ WORKER = textwrap.dedent('''
     sys.path.insert(0, {root!r})
     import numpy as np
     from luma_pl.memory import MemoryConfig, TieredMemory, load, save
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = [{here!r}, {tests!r}]  # this file's folder, and tests/ for the shared helpers
     import test_memory_hostile as T
     snap, role, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if role == "save":
@@ -269,7 +269,7 @@ WORKER = textwrap.dedent('''
 def test_concurrent_save_and_load_or_two_saves_end_loadable(tmp_path, roles):
     snap = str(tmp_path / "snap")
     env = dict(os.environ, LUMA_NUM_THREADS="1")
-    code = WORKER.format(root=str(ROOT), tests=str(ROOT / "tests"))
+    code = WORKER.format(root=str(ROOT), here=str(Path(__file__).resolve().parent), tests=str(ROOT / "tests"))
     procs = [subprocess.Popen([sys.executable, "-c", code, snap, role, "25", str(i + 1)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i, role in enumerate(roles)]

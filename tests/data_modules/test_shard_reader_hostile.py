@@ -292,7 +292,7 @@ def test_sizes_in_npy_headers_are_not_trusted_for_allocation(tmp_path):
     22 GB), under a 6 GiB address-space limit (torch alone reserves ~4) so a regression fails instead of the machine."""
     import pathlib
 
-    repo = str(pathlib.Path(__file__).resolve().parents[1])
+    repo = str(pathlib.Path(__file__).resolve().parents[2])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", _BOMB, str(tmp_path), repo], capture_output=True, text=True,
                          timeout=120, env=env)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT) not in sys.path:  # `bench` is a folder at the repo root, not an installed package
     sys.path.insert(0, str(ROOT))
 

@@ -1,4 +1,4 @@
-"""Structure-aware fuzzing of shard content (issue 13): not byte flips (tests/test_fuzz_shards.py)
+"""Structure-aware fuzzing of shard content (issue 13): not byte flips (tests/data_modules/test_fuzz_shards.py)
 but well-formed files with hostile content: ``events.json`` values of random JSON types and
 depths, ``ts.npy``/``<space>.npy`` with random dtypes, NaN/inf/huge/denormal values and headers
 whose declared shape the bytes do not back, and ``manifest.json`` with fields replaced by random

@@ -21,7 +21,7 @@ from luma_pl.stream.bridge import StreamBridge
 from luma_pl.stream.runtime import StreamRuntime
 from luma_pl.telemetry import safe_at_k as S
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
 D_S, D_C = 16, 24
 
 

@@ -19,7 +19,7 @@ from data_modules import StreamReplayDataModule, write_blocks
 from luma_pl.modules import ProcrustesBridgeModule
 from luma_pl.stream import batch_ids, event_ids
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 D, N = 24, 192
 KEYS = [f"clip/{i:05d}" for i in range(N)]  # not int-parseable: one id function for any key
 

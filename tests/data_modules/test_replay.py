@@ -1,6 +1,6 @@
 """StreamReplayDataModule: equal batch counts across ranks, every event once, exact resume.
 
-Run as a script (``python tests/test_replay.py ROOT OUT WORKERS``) it is the body of the real
+Run as a script (``python tests/data_modules/test_replay.py ROOT OUT WORKERS``) it is the body of the real
 Lightning ``Trainer(strategy='ddp', accelerator='cpu', devices=2)`` test: Lightning's launcher
 re-executes the same command line for rank 1.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
