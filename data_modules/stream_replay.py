@@ -10,6 +10,7 @@ consumed in checkpoints (``state_dict``), so a resumed run skips exactly those b
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import deque
@@ -30,6 +31,7 @@ from luma_pl.threads import limit_cpu_threads
 from .replay_plan import ReplayPlan, plan_replay, resume_split
 from .shard_format import Manifest, load_manifest
 from .shard_reader import SKIP_CODES, EventChunk, ReaderConfig, Skip, concat_chunks, iter_chunks
+from .webdataset_source import WebDatasetConfig, iter_webdataset_chunks, scan_webdataset_manifest
 
 log = logging.getLogger("luma_pl.replay")
 
@@ -50,9 +52,19 @@ class ReplayConfig(StrictConfig):
     """How shard entries are decoded (sizes, media decoding)."""
     pin_memory: bool = False
     """Pin batch tensors (only useful with CUDA)."""
+    webdataset: WebDatasetConfig | None = None
+    """Replay standard WebDataset shards directly (``data_modules.webdataset_source``: read with the
+    webdataset library, media decoded in the DataLoader workers under ``media`` keys ``jpg`` /
+    ``flac`` / ``txt``, encoded on the fly by the module's ``media_keys`` encoders) instead of this
+    project's shards under ``root``. Local shards only (the batch plan needs their sample counts)."""
 
     def validate(self) -> None:
-        require(bool(self.root), "ReplayConfig", "root", self.root, "pass the folder that holds the shards")
+        if isinstance(self.webdataset, dict):
+            self.webdataset = WebDatasetConfig.from_dict(self.webdataset)
+        if self.webdataset is not None:
+            self.webdataset.validate()
+        require(bool(self.root) or self.webdataset is not None, "ReplayConfig", "root", self.root,
+                "pass the folder that holds the shards (or webdataset.urls for standard WebDataset shards)")
         require(self.batch_size > 0, "ReplayConfig", "batch_size", self.batch_size, "use e.g. 256")
         require(self.num_workers >= 0, "ReplayConfig", "num_workers", self.num_workers, "use 0 or more")
         if isinstance(self.reader, dict):
@@ -160,7 +172,10 @@ class StreamReplayDataset(IterableDataset):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.manifest = manifest or load_manifest(cfg.root)
+        self.manifest = manifest or (scan_webdataset_manifest(cfg.webdataset) if cfg.webdataset is not None
+                                     else load_manifest(cfg.root))
+        # a WebDataset sample's position in the stream: the events of the shards before its own
+        self._offsets = np.cumsum([0] + [sh.events for sh in self.manifest.shards]).tolist()
         self.plan: ReplayPlan = plan_replay(self.manifest, world_size, cfg.num_workers, cfg.batch_size,
                                             cfg.drop_last)
         self.resume_batches = resume_batches
@@ -210,8 +225,13 @@ class StreamReplayDataset(IterableDataset):
                 info = self.manifest.shards[i]
                 path = os.path.join(self.cfg.root, info.name)
                 got, shard_skipped[0] = 0, 0
-                for chunk in iter_chunks(path, self.manifest.spaces, self.manifest.media, self.cfg.reader, on_skip,
-                                         expect_bytes=info.bytes):
+                if self.cfg.webdataset is not None:
+                    source = iter_webdataset_chunks(info.name, self._offsets[i], self.cfg.webdataset,
+                                                    self.cfg.reader.chunk_events, on_skip)
+                else:
+                    source = iter_chunks(path, self.manifest.spaces, self.manifest.media, self.cfg.reader, on_skip,
+                                         expect_bytes=info.bytes)
+                for chunk in source:
                     got += len(chunk)
                     yield chunk
                 lost = info.events - got - shard_skipped[0]
@@ -297,7 +317,7 @@ class StreamReplayDataModule(pl.LightningDataModule):
 
     def __init__(self, root: str = "", batch_size: int = 256, num_workers: int = 0, drop_last: bool = False,
                  reader: dict | None = None, pin_memory: bool = False, config: ReplayConfig | None = None,
-                 val_root: str | None = None, replicate: bool = False):
+                 val_root: str | None = None, replicate: bool = False, webdataset: WebDatasetConfig | None = None):
         super().__init__()
         # replicate: every rank replays the whole stream (evaluate.py splits the work by id owner and
         # row instead), so the global step is the same on every rank and N ranks equal one process
@@ -306,7 +326,9 @@ class StreamReplayDataModule(pl.LightningDataModule):
         self.val_root = str(val_root) if val_root else None
         self.cfg = config or ReplayConfig.from_dict(dict(
             root=str(root), batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
-            reader=ReaderConfig.from_dict(reader or {}), pin_memory=pin_memory))
+            reader=ReaderConfig.from_dict(reader or {}), pin_memory=pin_memory,
+            webdataset=None if webdataset is None else WebDatasetConfig.from_dict(dict(
+                webdataset if isinstance(webdataset, dict) else dataclasses.asdict(webdataset)))))
         self.cfg.validate()
         self.batches_consumed = 0
         self.events_seen = 0
@@ -327,10 +349,13 @@ class StreamReplayDataModule(pl.LightningDataModule):
             return trainer.global_rank, trainer.world_size
         return rank_and_world()
 
+    def _check_root(self) -> None:
+        if self.cfg.webdataset is None and not Path(self.cfg.root).is_dir():
+            raise FileNotFoundError(f"root={self.cfg.root!r} is not a folder; point it at the shard folder")
+
     def setup(self, stage: str | None = None) -> None:
         rank, world = self._rank_world()
-        if not Path(self.cfg.root).is_dir():
-            raise FileNotFoundError(f"root={self.cfg.root!r} is not a folder; point it at the shard folder")
+        self._check_root()
         self.dataset = StreamReplayDataset(self.cfg, rank, world)
 
     def train_dataloader(self) -> DataLoader:
@@ -340,17 +365,18 @@ class StreamReplayDataModule(pl.LightningDataModule):
         return replay_dataloader(self.dataset, self.cfg.pin_memory)
 
     def val_dataloader(self) -> DataLoader:
+        # a val_root is this project's shards; without one validation replays the training stream
         cfg = ReplayConfig.from_dict({**self.cfg.to_dict(), "reader": self.cfg.reader,
-                                      "root": self.val_root or self.cfg.root})
+                                      "root": self.val_root or self.cfg.root,
+                                      "webdataset": None if self.val_root else self.cfg.webdataset})
         rank, world = self._rank_world()
-        if not Path(cfg.root).is_dir():
+        if cfg.webdataset is None and not Path(cfg.root).is_dir():
             raise FileNotFoundError(f"val_root={cfg.root!r} is not a folder; point it at the validation shard folder")
         return replay_dataloader(StreamReplayDataset(cfg, rank, world), cfg.pin_memory)
 
     def test_dataloader(self) -> DataLoader:
         """The whole training stream from its start, never resumed (evaluate.py's replay)."""
-        if not Path(self.cfg.root).is_dir():
-            raise FileNotFoundError(f"root={self.cfg.root!r} is not a folder; point it at the shard folder")
+        self._check_root()
         return replay_dataloader(StreamReplayDataset(self.cfg, *self._rank_world()), self.cfg.pin_memory)
 
     def mark_consumed(self, batch: dict) -> None:
@@ -408,7 +434,8 @@ class StreamReplayDataModule(pl.LightningDataModule):
         import hashlib
         import json
 
-        manifest = self.dataset.manifest if self.dataset is not None else load_manifest(self.cfg.root)
+        manifest = (self.dataset.manifest if self.dataset is not None else scan_webdataset_manifest(self.cfg.webdataset)
+                    if self.cfg.webdataset is not None else load_manifest(self.cfg.root))
         shards = [[sh.name, int(sh.events)] for sh in manifest.shards]
         return {"batch_size": int(self.cfg.batch_size), "world_size": int(self._rank_world()[1]),
                 "num_workers": max(int(self.cfg.num_workers), 1), "drop_last": bool(self.cfg.drop_last),

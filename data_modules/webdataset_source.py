@@ -274,3 +274,84 @@ def iter_webdataset(cfg: WebDatasetConfig, skips: WebDatasetSkips) -> Iterator[W
         except SampleError as err:
             skips.add(err.code, str(err))
         position += 1
+
+
+# --- direct replay: StreamReplayDataModule(webdataset=...) reads these shards as its stream ------
+REPLAY_MEDIA = ("jpg", "flac", "txt")
+"""Media keys of a replayed WebDataset batch: the decoded image (any image ext) under ``jpg``, the
+audio ``(wave, sample_rate)`` under ``flac``, the caption under ``txt`` (what ``media_keys`` of the
+bridge modules name to encode on the fly)."""
+
+_SKIP_CODE = {"refused_entry": "bad_member", "oversize_member": "bad_member", "no_content": "corrupt_sample"}
+"""WebDataset skip codes -> the replay's ``SKIP_CODES`` (the message keeps the detail)."""
+
+
+def scan_webdataset_manifest(cfg: WebDatasetConfig):
+    """A ``Manifest`` of local WebDataset shards: samples per shard counted from the tar headers
+    (members grouped by key as webdataset groups them, consecutive members sharing a key), so the
+    replay can plan equal batch counts per rank and resume exactly. Remote / ``pipe:`` shards
+    cannot be planned without reading them: convert those with ``build_shards webdataset``."""
+    import tarfile
+
+    from .safe_tar import check_member_extent
+    from .shard_format import Manifest, ShardInfo, split_member_name
+
+    cfg.validate()
+    urls = resolve_urls(cfg.urls)
+    remote = [u for u in urls if not _is_local(u)]
+    if remote:
+        raise ValueError(f"webdataset.urls={cfg.urls!r}: {remote[0]!r} is not a local file; direct replay plans "
+                         "batches from the shards' sample counts, so it needs local shards. Copy them, or convert "
+                         "them with `python -m data_modules.build_shards webdataset`")
+    shards = []
+    for url in urls:
+        size = os.path.getsize(url)
+        samples, last = 0, None
+        try:
+            with tarfile.open(url, mode="r|") as tar:
+                for member in tar:
+                    tar.members = []
+                    check_member_extent(member, size)
+                    if not member.isreg() or "/__" in f"/{member.name}":
+                        continue
+                    key, _ = split_member_name(member.name)
+                    if key != last:
+                        samples, last = samples + 1, key
+        except (tarfile.TarError, OSError, ValueError):
+            pass  # counted as read so far; the replay reports the shard unreadable when it gets there
+        shards.append(ShardInfo(name=os.path.abspath(url), events=samples, samples=samples, bytes=size))
+    return Manifest(shards=shards, spaces={}, media=list(REPLAY_MEDIA))
+
+
+def iter_webdataset_chunks(url: str, offset: int, cfg: WebDatasetConfig, chunk_events: int, on_skip):
+    """One local WebDataset shard as the replay's ``EventChunk``s (``chunk_events`` rows each): media
+    under ``REPLAY_MEDIA``; ts = the JSON field or ``offset`` + the sample's index in the shard (the
+    shard's place in the stream, so every rank and worker agrees). Every sample not yielded goes to
+    ``on_skip`` as a ``Skip`` of one event; a shard webdataset cannot read, as ``unreadable_shard``."""
+    import webdataset as wds
+
+    from .shard_reader import EventChunk, Skip, concat_chunks
+
+    name = os.path.basename(url)
+
+    def handler(err: Exception) -> bool:
+        on_skip(Skip(name, "", f"unreadable shard ({type(err).__name__}: {str(err)[:300]})", "unreadable_shard", 0))
+        return True
+
+    ds = wds.WebDataset([url], handler=handler, shardshuffle=False, nodesplitter=None, workersplitter=None,
+                        empty_check=False)
+    pending = []
+    for index, raw in enumerate(ds):
+        try:
+            s = decode_webdataset_sample(raw, offset + index, cfg)
+        except SampleError as err:
+            on_skip(Skip(name, str(raw.get("__key__", "")), str(err), _SKIP_CODE.get(err.code, err.code), 1))
+            continue
+        media = {"jpg": [s.image], "flac": [None if s.audio is None else (s.audio, cfg.audio_sample_rate)],
+                 "txt": [s.caption]}
+        pending.append(EventChunk([s.key], np.array([s.ts], np.int64), [s.topic], {}, {}, media))
+        if len(pending) == chunk_events:
+            yield concat_chunks(pending)
+            pending = []
+    if pending:
+        yield concat_chunks(pending)
