@@ -35,7 +35,7 @@ uncentred semi-orthogonal Procrustes bridge with d_c >= d_s (``WᵀW = I``), ``|
 
 Both inequalities are tight: a rank-1 ``ΔA = ε w vᵀ`` with ``v = a/||a||``, ``w = (x_j - x_i)/||x_j - x_i||``
 attains the first, and ``x_i = x̂_i - ζ_i q'``, ``x_j = x̂_j + ζ_j q'`` (q' the perturbed query
-direction) attains the second (tests/test_safe_at_k_adversarial.py shows both).
+direction) attains the second (tests/luma_pl/telemetry/test_safe_at_k_adversarial.py shows both).
 
 Distances: when the true vectors are given (``vectors_exact=True``) ``||x_i - x_j||`` is used as is;
 when only x̂ is known, ``||x_i - x_j|| <= ||x̂_i - x̂_j|| + ζ_i + ζ_j``; and always
