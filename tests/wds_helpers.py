@@ -29,33 +29,49 @@ def _jpeg(i: int) -> bytes:
     return buf.getvalue()
 
 
-def img2dataset_shards(folder, shards=3, per_shard=6, marker=None):
-    """``00000.tar``.. like img2dataset writes them: ``<key>.jpg`` + ``.txt`` + ``.json``. Shard 1 also
-    holds four hostile samples: a pickle entry, an undecodable jpg, a JSON list, no usable entry;
-    one good sample has no caption. Returns the good keys in stream order."""
+def write_wds(folder, shards: int, per_shard: int, sample, extra=None) -> list[str]:
+    """``00000.tar``..: ``per_shard`` samples each, ``sample(n) -> (key, {ext: bytes})`` for the n-th;
+    ``extra(s, tar)`` may append hostile samples to shard s. Returns the good keys in stream order."""
     folder.mkdir(parents=True, exist_ok=True)
     good, n = [], 0
     for s in range(shards):
         with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
             for _ in range(per_shard):
-                key = f"{n:09d}"
-                add_member(tar, f"{key}.jpg", _jpeg(n))
-                if n != 4:  # sample 4 has no caption
-                    add_member(tar, f"{key}.txt", f"a photo of thing {n}".encode())
-                add_member(tar, f"{key}.json", json.dumps({"key": key, "status": "success", "ts": 1000 + 10 * n,
-                                                           "topic": f"t{n % 3}", "url": f"http://x/{n}"}).encode())
+                key, entries = sample(n)
+                for ext, data in entries.items():
+                    add_member(tar, f"{key}.{ext}", data)
                 good.append(key)
                 n += 1
-            if s == 1:
-                add_member(tar, "evil.jpg", _jpeg(0))
-                add_member(tar, "evil.pkl", pickle.dumps(_Trap(str(marker or folder / "pwned"))))
-                add_member(tar, "broken.jpg", b"\xff\xd8 not a jpeg")
-                add_member(tar, "broken.txt", b"caption")
-                add_member(tar, "listjson.jpg", _jpeg(1))
-                add_member(tar, "listjson.json", b"[1, 2, 3]")
-                add_member(tar, "nothing.cls", b"7")
+            if extra is not None:
+                extra(s, tar)
     return good
 
+
+def img2dataset_shards(folder, shards=3, per_shard=6, marker=None):
+    """``00000.tar``.. like img2dataset writes them: ``<key>.jpg`` + ``.txt`` + ``.json``. Shard 1 also
+    holds four hostile samples: a pickle entry, an undecodable jpg, a JSON list, no usable entry;
+    one good sample has no caption. Returns the good keys in stream order."""
+
+    def sample(n):
+        key = f"{n:09d}"
+        entries = {"jpg": _jpeg(n), "txt": f"a photo of thing {n}".encode()}
+        if n == 4:  # sample 4 has no caption
+            del entries["txt"]
+        entries["json"] = json.dumps({"key": key, "status": "success", "ts": 1000 + 10 * n, "topic": f"t{n % 3}",
+                                      "url": f"http://x/{n}"}).encode()
+        return key, entries
+
+    def hostile(s, tar):
+        if s == 1:
+            add_member(tar, "evil.jpg", _jpeg(0))
+            add_member(tar, "evil.pkl", pickle.dumps(_Trap(str(marker or folder / "pwned"))))
+            add_member(tar, "broken.jpg", b"\xff\xd8 not a jpeg")
+            add_member(tar, "broken.txt", b"caption")
+            add_member(tar, "listjson.jpg", _jpeg(1))
+            add_member(tar, "listjson.json", b"[1, 2, 3]")
+            add_member(tar, "nothing.cls", b"7")
+
+    return write_wds(folder, shards, per_shard, sample, hostile)
 
 def _flac(i: int, rate: int = 48000, seconds: float = 0.5) -> bytes:
     import numpy as np
@@ -71,19 +87,15 @@ def _flac(i: int, rate: int = 48000, seconds: float = 0.5) -> bytes:
 def clap_style_shards(folder, shards=2, per_shard=5):
     """CLAP-training-style shards: ``<key>.flac`` + ``<key>.json`` with ``{"text": [captions...]}``;
     shard 0 also holds a sample whose flac does not decode. Returns the good keys."""
-    folder.mkdir(parents=True, exist_ok=True)
     words = ["dog barks", "cat meows", "piano music", "rain sound", "bird sings"]
-    good, n = [], 0
-    for s in range(shards):
-        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
-            for _ in range(per_shard):
-                key = f"clip{n:06d}"
-                add_member(tar, f"{key}.flac", _flac(n))
-                add_member(tar, f"{key}.json", json.dumps({"text": [f"a {words[n % 5]}", "the sound of a loud bird"],
-                                                           "tag": words[n % 5]}).encode())
-                good.append(key)
-                n += 1
-            if s == 0:
-                add_member(tar, "badaudio.flac", b"fLaC not really")
-                add_member(tar, "badaudio.json", b'{"text": ["a dog barks"]}')
-    return good
+
+    def sample(n):
+        return f"clip{n:06d}", {"flac": _flac(n), "json": json.dumps(
+            {"text": [f"a {words[n % 5]}", "the sound of a loud bird"], "tag": words[n % 5]}).encode()}
+
+    def hostile(s, tar):
+        if s == 0:
+            add_member(tar, "badaudio.flac", b"fLaC not really")
+            add_member(tar, "badaudio.json", b'{"text": ["a dog barks"]}')
+
+    return write_wds(folder, shards, per_shard, sample, hostile)

@@ -4,15 +4,11 @@ is a counted skip."""
 
 from __future__ import annotations
 
-import json
-import tarfile
-
 import numpy as np
 import pytest
-from tar_helpers import add_member, npy_bytes
+from tar_helpers import good_and_hostile_block
 
-from data_modules import ReaderConfig, ReplayConfig, StreamReplayDataset, write_blocks, write_manifest
-from data_modules.shard_format import scan_manifest
+from data_modules import ReaderConfig, ReplayConfig, StreamReplayDataset, write_blocks
 
 RAW = ReaderConfig(decode_media=False)
 D = 4
@@ -49,17 +45,7 @@ def test_block_rows_marked_absent_replay_without_that_space_and_are_not_bad_rows
 @pytest.mark.parametrize("absent", [[1, 2], {"x": [9]}, {"x": "0"}, {"x": [True]}])
 def test_hostile_absent_field_is_a_counted_skip(tmp_path, absent):
     folder = tmp_path / "h"
-    folder.mkdir()
-    rng = np.random.default_rng(5)
-    with tarfile.open(folder / "h-000000.tar", "w") as tar:
-        for b, field in (("good", None), ("bad", absent)):
-            meta = {"keys": [f"{b}{i}" for i in range(4)], "topics": [""] * 4, "text": {}}
-            if field is not None:
-                meta["absent"] = field
-            add_member(tar, f"{b}.events.json", json.dumps(meta).encode())
-            add_member(tar, f"{b}.ts.npy", npy_bytes(np.arange(4, dtype=np.int64)))
-            add_member(tar, f"{b}.x.npy", npy_bytes(_unit(rng, 4)))
-    write_manifest(scan_manifest(sorted(folder.glob("*.tar")), root=folder), folder)
+    good_and_hostile_block(folder, "absent", absent, seed=5)
     batches = _replay(folder)
     assert [k for b in batches for k in b["key"]] == [f"good{i}" for i in range(4)]
     assert sum(b["skip_reasons"].get("bad_json", 0) for b in batches) == 1

@@ -4,12 +4,11 @@ id function), and hostile labels (wrong JSON type, too many keys, wrong length) 
 
 from __future__ import annotations
 
-import json
 import tarfile
 
 import numpy as np
 import pytest
-from tar_helpers import add_member, npy_bytes
+from tar_helpers import add_member, good_and_hostile_block, npy_bytes
 
 from data_modules import (
     ReaderConfig,
@@ -75,21 +74,6 @@ def test_writer_refuses_labels_that_are_not_key_lists(tmp_path, bad, fix):
                      relevant=[None])
 
 
-def _hostile_block_shard(folder, relevant_field):
-    """One good block (4 events) and one whose events.json carries ``relevant_field``."""
-    rng = np.random.default_rng(1)
-    folder.mkdir(parents=True)
-    with tarfile.open(folder / "h-000000.tar", "w") as tar:
-        for b, rel in (("good", None), ("bad", relevant_field)):
-            meta = {"keys": [f"{b}{i}" for i in range(4)], "topics": [""] * 4, "text": {}}
-            if rel is not None:
-                meta["relevant"] = rel
-            add_member(tar, f"{b}.events.json", json.dumps(meta).encode())
-            add_member(tar, f"{b}.ts.npy", npy_bytes(np.arange(4, dtype=np.int64)))
-            add_member(tar, f"{b}.x.npy", npy_bytes(_unit(rng, 4)))
-    write_manifest(scan_manifest(sorted(folder.glob("*.tar")), root=folder), folder)
-
-
 @pytest.mark.parametrize("field", [
     {"a": 1},  # a dict, not a list
     [None, None, None],  # 3 entries for 4 events
@@ -98,7 +82,7 @@ def _hostile_block_shard(folder, relevant_field):
     [None, None, None, [f"k{i}" for i in range(9)]],  # more keys than max_relevant=8
 ])
 def test_hostile_block_labels_are_counted_skips(tmp_path, field):
-    _hostile_block_shard(tmp_path / "h", field)
+    good_and_hostile_block(tmp_path / "h", "relevant", field)
     batches = _replay(tmp_path / "h", reader=ReaderConfig(decode_media=False, max_relevant=8))
     keys = [k for b in batches for k in b["key"]]
     assert keys == [f"good{i}" for i in range(4)]  # the good block replays, the bad one is skipped
