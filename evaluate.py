@@ -18,16 +18,19 @@ from lightning.pytorch.cli import LightningCLI
 from data_modules.stream_replay import StreamReplayDataModule
 from luma_pl.evaluation.stream_eval import StreamEvaluator
 from luma_pl.threads import limit_cpu_threads
-from train import add_admission_group
+from train import add_admission_group, add_memory_group
 
 
 class EvalCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"data.replicate": True})
         add_admission_group(parser)
+        add_memory_group(parser)
 
     def before_instantiate_classes(self) -> None:
         limit_cpu_threads()
+        if self.config.get("memory") is not None:  # the top-level memory group (shared with train.py)
+            self.config.model.memory = self.config.memory
         # the top-level admission group (shared with train.py) configures the evaluator's admission
         if self.config.get("admission") is not None:
             self.config.model.admission = self.config.admission

@@ -32,6 +32,16 @@ def add_admission_group(parser) -> None:
                              "None keeps what the callback / model config says")
 
 
+def add_memory_group(parser) -> None:
+    """The top-level ``memory`` group (``MemoryConfig``), the same in train.py and evaluate.py: one
+    overlay sizes the stream's memory in both; it replaces the model's own memory config."""
+    from luma_pl.memory import MemoryConfig
+
+    parser.add_argument("--memory", type=MemoryConfig | None, default=None,
+                        help="The stream's memory (luma_pl.memory.MemoryConfig); replaces the model's memory config "
+                             "in train.py (model.init_args.memory) and evaluate.py (model.memory)")
+
+
 def apply_admission(admission, callbacks) -> None:
     """Give train.py's ``admission`` group to its ``HeavyHitterAdmission`` callback; refused with the
     fix when no such callback is configured (the group would otherwise do nothing, silently)."""
@@ -52,9 +62,14 @@ class LumaCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         add_admission_group(parser)
+        add_memory_group(parser)
 
     def before_instantiate_classes(self) -> None:
         limit_cpu_threads()
+        sub = self.config.get("subcommand")
+        cfg = self.config[sub] if sub else self.config
+        if cfg.get("memory") is not None:  # the top-level memory group (shared with evaluate.py)
+            cfg.model.init_args.memory = cfg.memory
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()

@@ -113,3 +113,23 @@ def test_fit_on_demo_format_shards(tmp_path):
                        "--ckpt_path", str(ckpt)])
     tm = tested.trainer.callback_metrics
     assert float(tm["test/recall@1"]) == pytest.approx(1.0) and float(tm["test/queries"]) == n
+
+
+def test_one_memory_group_sizes_the_memory_in_train_and_evaluate(tmp_path):
+    """The top-level ``memory`` group (like ``admission``): one overlay, the same memory in both."""
+    import yaml
+
+    from data_modules.stream_replay import StreamReplayDataModule
+    from evaluate import EvalCLI
+    from luma_pl.evaluation.stream_eval import StreamEvaluator
+
+    overlay = tmp_path / "memory.yaml"
+    overlay.write_text(yaml.safe_dump({"memory": {"dim": 384, "hot_max_items": 123, "hot_max_bytes": 1 << 22,
+                                                  "warm_max_items": 0, "pq_m": 96, "nlist": 0}}))
+    train = cli_main(["--config", str(DEFAULT), "--config", str(overlay), "--data.root", str(tmp_path),
+                      "--trainer.logger", "false"], run=False)
+    assert train.model.runtime().memory.cfg.hot_max_items == 123
+    ev = EvalCLI(StreamEvaluator, StreamReplayDataModule, run=False,
+                 args=["--config", str(DEFAULT.with_name("eval_default.yaml")), "--config", str(overlay),
+                       "--data.root", str(tmp_path), "--trainer.logger", "false"])
+    assert ev.model.memory_cfg.hot_max_items == 123 and ev.model.memory_cfg.warm_max_items == 0
