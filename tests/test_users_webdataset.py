@@ -67,3 +67,34 @@ def test_img2dataset_shards_through_build_fit_and_evaluate(tmp_path, capsys):
     trained = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["bridge.W"]
     assert torch.equal(ecli.model.bridge.W, trained)
     assert len(ecli.model.memory) == 160
+
+
+@pytest.mark.slow
+def test_evaluate_replays_raw_webdataset_shards_and_encodes_on_the_fly(tmp_path):
+    """evaluate.py --data.webdataset.urls: the webdataset library reads the tars in the replay, the
+    evaluator encodes images and captions with the configured encoders (model.encoders +
+    eval.media_keys) and a Procrustes bridge learns caption -> image on the stream."""
+    from tiny_encoders import TINY_CLIP
+    from wds_helpers import img2dataset_shards
+
+    from evaluate import run_evaluation
+    from luma_pl.encoders import OpenClipEncoder
+
+    good = img2dataset_shards(tmp_path / "wds", shards=3, per_shard=14, marker=tmp_path / "pwned")
+    ckpt = tmp_path / "tiny_clip.pt"
+    torch.save(OpenClipEncoder(model_cfg=TINY_CLIP, precision="fp32").model.state_dict(), ckpt)
+    enc = {"kind": "clip", "model_cfg": TINY_CLIP, "path": str(ckpt), "precision": "fp32"}
+    summary, cli = run_evaluation([
+        "--config", str(ROOT / "configs" / "eval_default.yaml"), "--data.webdataset.urls", str(tmp_path / "wds"),
+        "--data.batch_size", "8", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+        "--model.eval.item_space", "clip", "--model.eval.source_space", "clip_text",
+        "--model.eval.query_space", "clip_text", "--model.eval.k", "5", "--model.eval.fresh_queries", "4",
+        "--model.eval.old_queries", "4", "--model.eval.media_keys", json.dumps({"clip": "jpg", "clip_text": "txt"}),
+        "--model.encoders", json.dumps({"clip": enc, "clip_text": enc}),
+        "--model.eval.report_dir", str(tmp_path / "report"), "--model.bridge.d_s", str(D), "--model.bridge.d_c", str(D),
+        "--model.bridge.refresh_every", "16", "--model.memory.dim", str(D), "--model.memory.pq_m", "8",
+        "--model.memory.warm_max_items", "0", "--model.memory.nlist", "0", "--model.memory.hot_max_items", "1000"])
+    assert summary["events"] == len(good) == 42 and summary["replay_events_skipped"] == 4
+    assert not (tmp_path / "pwned").exists()
+    assert int(cli.model.bridge.pairs_total) == 41 and len(cli.model.memory) == 42  # pairs encoded on the fly
+    assert summary["queries"] > 0

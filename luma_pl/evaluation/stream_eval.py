@@ -41,6 +41,8 @@ import torch.distributed as dist
 from luma_pl.admission.pipeline import AdmissionConfig
 from luma_pl.bridge.procrustes import ProcrustesConfig, StreamingProcrustes
 from luma_pl.configuration import StrictConfig, as_config, require
+from luma_pl.encoders import EncoderConfig
+from luma_pl.encoders.media_batch import MEDIA_MODALITY, encode_media
 from luma_pl.memory import MemoryConfig, TieredMemory
 from luma_pl.metrics import functional as MF
 from luma_pl.ranks import initialised, rank_and_world
@@ -113,6 +115,10 @@ class StreamEvalConfig(StrictConfig):
     """'vectors' (true/x̂ pair distances; one process only), 'cap' (||x_i - x_j|| <= 2), 'auto'."""
     seed: int = 0
     """Seed of the query sampling (identical on every rank)."""
+    media_keys: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Space -> media extension encoded on the fly when a batch has no precomputed ``emb`` for that
+    space (raw WebDataset replay: e.g. {"clip": "jpg", "clip_text": "txt"}); needs an entry in the
+    evaluator's ``encoders`` for that space."""
     report_dir: str | None = "artifacts/eval"
     """Where rank 0 writes report.json and the PNG plots at the end (None: no files)."""
 
@@ -131,6 +137,8 @@ class StreamEvalConfig(StrictConfig):
                 self.epsilon_source, "ε = 0 is only valid for a frozen bridge: set fit_bridge=False or use 'interval'")
         require(self.certificate_distances in ("auto", "vectors", "cap"), n, "certificate_distances",
                 self.certificate_distances, "use 'auto', 'vectors' or 'cap'")
+        require(all(ext in MEDIA_MODALITY for ext in self.media_keys.values()), n, "media_keys", self.media_keys,
+                f"extensions must be in {sorted(MEDIA_MODALITY)}")
 
 
 def load_checkpoint_safely(path: str, argument: str) -> dict:
@@ -195,16 +203,23 @@ class StreamEvaluator(pl.LightningModule):
 
     def __init__(self, eval: StreamEvalConfig | None = None, bridge: ProcrustesConfig | None = None,
                  memory: MemoryConfig | None = None, admission: AdmissionConfig | None = None,
-                 memory_dir: str | None = None) -> None:
+                 memory_dir: str | None = None, encoders: dict[str, EncoderConfig] | None = None) -> None:
         super().__init__()
         self.cfg = as_config(StreamEvalConfig, eval)
+        self.encoder_cfgs = {space: as_config(EncoderConfig, c) for space, c in (encoders or {}).items()}
+        missing = sorted(set(self.cfg.media_keys) - set(self.encoder_cfgs))
+        if missing:
+            raise ValueError(f"eval.media_keys names space(s) {missing} but encoders has {sorted(self.encoder_cfgs)}; "
+                             "pass an EncoderConfig for each (model.encoders.<space>)")
+        self._encoders: dict = {}  # built in setup; a plain dict: frozen weights stay out of checkpoints
         self.bridge_cfg = as_config(ProcrustesConfig, bridge)
         self.memory_cfg = as_config(MemoryConfig, memory)
         self.admission_cfg = None if admission is None else as_config(AdmissionConfig, admission)
         self.memory_dir = memory_dir
         self.save_hyperparameters({"eval": self.cfg.to_dict(), "bridge": self.bridge_cfg.to_dict(),
                                    "memory": self.memory_cfg.to_dict(),
-                                   "admission": None if self.admission_cfg is None else self.admission_cfg.to_dict()})
+                                   "admission": None if self.admission_cfg is None else self.admission_cfg.to_dict(),
+                                   "encoders": {sp: c.to_dict() for sp, c in self.encoder_cfgs.items()}})
         self.bridge = StreamingProcrustes(self.bridge_cfg)  # replaced by the checkpoint's bridge in runtime()
         self.stream = None
         self.series: list[dict] = []
@@ -260,6 +275,10 @@ class StreamEvaluator(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.runtime()
+        if self.encoder_cfgs and not self._encoders:
+            from luma_pl.encoders import build_encoder
+
+            self._encoders = {space: build_encoder(c) for space, c in self.encoder_cfgs.items()}
         self._rng = np.random.default_rng(self.cfg.seed)
         self._pool = QueryReservoir(self.cfg.query_pool, self.stream_bridge.d_s)  # earlier events' queries
         self._latency = LatencyHistogram()  # the run's per-query latencies (all ranks, all windows)
@@ -284,10 +303,24 @@ class StreamEvaluator(pl.LightningModule):
         return {"seen_ids": len(self.stream.seen), "query_rows": int(self._pool.seen), "query_pool": len(self._pool)}
 
     # --- one stream step ------------------------------------------------------------------------
+    def with_encoded_media(self, batch: dict) -> dict:
+        """The batch with ``emb`` / ``has`` of every ``media_keys`` space it lacks, encoded from its
+        raw media (``luma_pl.encoders.media_batch.encode_media``, the modules' own step)."""
+        todo = {sp: ext for sp, ext in self.cfg.media_keys.items() if sp not in batch.get("emb", {})}
+        if not todo:
+            return batch
+        B = len(batch["key"])
+        emb, has = dict(batch.get("emb", {})), dict(batch.get("has", {}))
+        for space, ext in todo.items():
+            enc = self._encoders[space]
+            emb[space], has[space] = encode_media(batch.get("media", {}).get(ext, [None] * B), ext, enc, enc.dim)
+        return {**batch, "emb": emb, "has": has}
+
     @torch.no_grad()
     def test_step(self, batch: dict, batch_idx: int) -> None:
         rank, world = rank_and_world()
         cfg = self.cfg
+        batch = self.with_encoded_media(batch)
         B = len(batch["key"])
         ids = batch_ids(batch)
         emb, has = batch.get("emb", {}), batch.get("has", {})

@@ -16,13 +16,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from luma_pl.bridge.distributed import gather_rows
 from luma_pl.configuration import StrictConfig, as_config, require  # noqa: F401 (as_config re-exported)
+from luma_pl.encoders.media_batch import MEDIA_MODALITY, encode_media
 from luma_pl.metrics import build
 from luma_pl.stream.ids import batch_ids
 
 STREAM_STATE_KEY = "luma_stream"
 """Checkpoint key of the module's ``StreamRuntime`` state (ids seen, counters)."""
 
-_MODALITY = {"txt": "text", "jpg": "image", "png": "image", "flac": "audio", "wav": "audio"}
+_MODALITY = MEDIA_MODALITY
 
 
 @dataclasses.dataclass
@@ -269,13 +270,7 @@ class BridgeModuleBase(LightningModule):
         if space in self.cfg.media_keys:
             ext = self.cfg.media_keys[space]
             raw = batch.get("media", {}).get(ext, [None] * B)
-            h = torch.tensor([x is not None for x in raw], dtype=torch.bool, device=self.device)
-            e = torch.zeros(B, self.dims[space], device=self.device)
-            items = [x[0] if ext in ("flac", "wav") else x for x in raw if x is not None]  # audio: (wave, sr)
-            if items:
-                enc = self._encoders[space]
-                e[h] = getattr(enc, f"encode_{_MODALITY[ext]}")(items).to(self.device, e.dtype)
-            return e, h
+            return encode_media(raw, ext, self._encoders[space], self.dims[space], self.device)
         if B == 0:  # a padding batch may omit spaces
             return torch.zeros(0, self.dims[space], device=self.device), torch.zeros(0, dtype=torch.bool, device=self.device)
         raise KeyError(f"batch has no emb[{space!r}] (has {sorted(emb)}) and media_keys has no entry for it; "
