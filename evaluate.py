@@ -18,19 +18,30 @@ from lightning.pytorch.cli import LightningCLI
 from data_modules.stream_replay import StreamReplayDataModule
 from luma_pl.evaluation.stream_eval import StreamEvaluator
 from luma_pl.threads import limit_cpu_threads
-from train import add_admission_group, add_memory_group
+from train import add_stream_groups, apply_callback_groups
 
 
 class EvalCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"data.replicate": True})
-        add_admission_group(parser)
-        add_memory_group(parser)
+        add_stream_groups(parser)
 
     def before_instantiate_classes(self) -> None:
         limit_cpu_threads()
         if self.config.get("memory") is not None:  # the top-level memory group (shared with train.py)
             self.config.model.memory = self.config.memory
+        cert = self.config.get("safe_at_k")
+        if cert is not None:  # the evaluator certifies its own queries with the same settings
+            if self.config.model.get("eval") is None:
+                self.config.model.eval = {}
+            for key in ("k", "epsilon_source", "epsilon_value", "rescore"):
+                self.config.model.eval[key] = cert[key]
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        # a migration group needs its TierMigration callback; safe_at_k also configures a
+        # SafeAtKLogger when one is given (the evaluator itself read it above)
+        apply_callback_groups(self.config, self.trainer.callbacks, required=("migration",))
         # the top-level admission group (shared with train.py) configures the evaluator's admission
         if self.config.get("admission") is not None:
             self.config.model.admission = self.config.admission

@@ -42,6 +42,50 @@ def add_memory_group(parser) -> None:
                              "in train.py (model.init_args.memory) and evaluate.py (model.memory)")
 
 
+def add_stream_groups(parser) -> None:
+    """The stream's top-level groups, the same in train.py and evaluate.py, so one overlay configures
+    both: ``admission``, ``memory``, ``migration`` (the ``TierMigration`` callback) and ``safe_at_k``
+    (the ``SafeAtKLogger`` callback; in evaluate.py also the evaluator's own certificate)."""
+    from luma_pl.memory.migration import MigrationConfig
+    from luma_pl.telemetry.safe_at_k import CertificateConfig
+
+    add_admission_group(parser)
+    add_memory_group(parser)
+    parser.add_argument("--migration", type=MigrationConfig | None, default=None,
+                        help="TierMigration schedule and policy (luma_pl.memory.migration.MigrationConfig)")
+    parser.add_argument("--safe_at_k", type=CertificateConfig | None, default=None,
+                        help="How answers are certified (luma_pl.telemetry.safe_at_k.CertificateConfig)")
+
+
+def _as(cls, value):
+    if hasattr(value, "as_dict"):  # a parsed group is a jsonargparse Namespace
+        value = value.as_dict()
+    cfg = value if isinstance(value, cls) else cls.from_dict(dict(value))
+    cfg.validate()
+    return cfg
+
+
+def apply_callback_groups(config, callbacks, required: tuple[str, ...] = ("migration", "safe_at_k")) -> None:
+    """Give the ``migration`` / ``safe_at_k`` groups to their callbacks; a group named in
+    ``required`` whose callback is not configured is refused with the fix (it would do nothing)."""
+    from callbacks.safe_at_k_logger import SafeAtKLogger
+    from callbacks.tier_migration import TierMigration
+    from luma_pl.memory.migration import MigrationConfig
+    from luma_pl.telemetry.safe_at_k import CertificateConfig
+
+    for group, cls, cb_cls in (("migration", MigrationConfig, TierMigration),
+                               ("safe_at_k", CertificateConfig, SafeAtKLogger)):
+        value = config.get(group)
+        if value is None:
+            continue
+        found = [cb for cb in callbacks if isinstance(cb, cb_cls)]
+        if not found and group in required:
+            raise ValueError(f"{group}: is set but trainer.callbacks has no {cb_cls.__module__}.{cb_cls.__name__}; "
+                             f"add one (see configs/default.yaml) or drop the {group} group")
+        for cb in found:
+            cb.configure(_as(cls, value))
+
+
 def apply_admission(admission, callbacks) -> None:
     """Give train.py's ``admission`` group to its ``HeavyHitterAdmission`` callback; refused with the
     fix when no such callback is configured (the group would otherwise do nothing, silently)."""
@@ -61,8 +105,7 @@ class LumaCLI(LightningCLI):
     colliding with W&B's own ``config.yaml``."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        add_admission_group(parser)
-        add_memory_group(parser)
+        add_stream_groups(parser)
 
     def before_instantiate_classes(self) -> None:
         limit_cpu_threads()
@@ -74,9 +117,10 @@ class LumaCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         sub = self.config.get("subcommand")
-        admission = (self.config[sub] if sub else self.config).get("admission")
-        if admission is not None:
-            apply_admission(admission, self.trainer.callbacks)
+        cfg = self.config[sub] if sub else self.config
+        if cfg.get("admission") is not None:
+            apply_admission(cfg.get("admission"), self.trainer.callbacks)
+        apply_callback_groups(cfg, self.trainer.callbacks)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI rebuilds the model from the checkpoint's hyper-parameters and imports the

@@ -68,6 +68,16 @@ class SafeAtKLogger(Callback):
         self.last_certificate: TF.Certificate | None = None
         self._audit_state: dict | None = None
 
+    def configure(self, config) -> None:
+        """The top-level ``safe_at_k`` group (``luma_pl.telemetry.safe_at_k.CertificateConfig``):
+        k, ε source / value and rescoring, before the run starts; candidates grow to k + 1 if needed."""
+        if self._probes:
+            raise RuntimeError("SafeAtKLogger.configure: probes were already collected; configure it before the run")
+        self.k = int(config.k)
+        self.candidates = max(self.candidates, self.k + 1)
+        self.epsilon_source, self.epsilon_value = config.epsilon_source, config.epsilon_value
+        self.rescore = bool(config.rescore)
+
     # ------------------------------------------------------------------ data
     def runtime_of(self, pl_module):
         """The stream runtime whose answers are certified: the module's (``pl_module.runtime()``), or

@@ -21,7 +21,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from luma_pl.memory.migration import HitMigration
+from luma_pl.memory.migration import HitMigration, MigrationConfig
 
 
 class TierMigration(pl.Callback):
@@ -34,6 +34,17 @@ class TierMigration(pl.Callback):
         self.policy = HitMigration(capacity, promote_min_count, idle_checks, max_moves)
         self.batches = 0
         self.runtime = None
+
+    def configure(self, config: MigrationConfig | dict) -> None:
+        """Replace the schedule and policy settings before the run starts (the top-level
+        ``migration`` group lands here). Refused once the runtime holds the policy."""
+        if self.runtime is not None:
+            raise RuntimeError("TierMigration.configure: the stream runtime already holds this policy; "
+                               "configure it before Trainer.fit / Trainer.test")
+        cfg = config if isinstance(config, MigrationConfig) else MigrationConfig.from_dict(dict(config))
+        cfg.validate()
+        self.every_n_batches = cfg.every_n_batches
+        self.policy = HitMigration(cfg.capacity, cfg.promote_min_count, cfg.idle_checks, cfg.max_moves)
 
     # the policy's counts, read by loggers and tests
     checks = property(lambda self: self.policy.checks)

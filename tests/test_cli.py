@@ -133,3 +133,32 @@ def test_one_memory_group_sizes_the_memory_in_train_and_evaluate(tmp_path):
                  args=["--config", str(DEFAULT.with_name("eval_default.yaml")), "--config", str(overlay),
                        "--data.root", str(tmp_path), "--trainer.logger", "false"])
     assert ev.model.memory_cfg.hot_max_items == 123 and ev.model.memory_cfg.warm_max_items == 0
+
+
+def test_migration_and_safe_at_k_groups_configure_both_entry_points(tmp_path):
+    """One overlay with migration + safe_at_k: train.py's TierMigration / SafeAtKLogger and the
+    evaluator's certificate take it; a migration group without its callback is refused."""
+    import yaml
+
+    from data_modules.stream_replay import StreamReplayDataModule
+    from evaluate import EvalCLI
+    from luma_pl.evaluation.stream_eval import StreamEvaluator
+
+    overlay = tmp_path / "stream.yaml"
+    overlay.write_text(yaml.safe_dump({"migration": {"every_n_batches": 7, "capacity": 99, "promote_min_count": 3},
+                                       "safe_at_k": {"k": 5, "epsilon_source": "reference", "rescore": False}}))
+    train = cli_main(["--config", str(DEFAULT), "--config", str(overlay), "--data.root", str(tmp_path),
+                      "--trainer.logger", "false"], run=False)
+    cbs = {type(cb).__name__: cb for cb in train.trainer.callbacks}
+    mig, cert = cbs["TierMigration"], cbs["SafeAtKLogger"]
+    assert mig.every_n_batches == 7 and mig.policy.capacity == 99 and mig.policy.promote_min_count == 3
+    assert cert.k == 5 and cert.epsilon_source == "reference" and cert.rescore is False
+    eval_args = ["--config", str(DEFAULT.with_name("eval_default.yaml")), "--data.root", str(tmp_path),
+                 "--trainer.logger", "false"]
+    with pytest.raises(ValueError, match="migration: is set but trainer.callbacks has no callbacks.tier_migration"):
+        EvalCLI(StreamEvaluator, StreamReplayDataModule, run=False, args=[*eval_args, "--config", str(overlay)])
+    overlay.write_text(yaml.safe_dump({"safe_at_k": {"k": 5, "epsilon_source": "reference", "rescore": False}}))
+    ev = EvalCLI(StreamEvaluator, StreamReplayDataModule, run=False, args=[*eval_args, "--config", str(overlay)])
+    assert ev.model.cfg.k == 5 and ev.model.cfg.epsilon_source == "reference" and ev.model.cfg.rescore is False
+    with pytest.raises(SystemExit):  # parse-time refusal of a bad value in the group
+        cli_main(["--config", str(DEFAULT), "--data.root", str(tmp_path), "--migration.capacity", "many"], run=False)

@@ -27,12 +27,38 @@ State (``state_dict``) is numpy arrays and ints.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
 from luma_pl.admission.heavy_hitters import CounterConfig, HeavyHitterCounter, space_saving_merge
+from luma_pl.configuration import StrictConfig, require
 from luma_pl.memory.tiers import BUFFER, HOT, WARM
+
+
+@dataclasses.dataclass
+class MigrationConfig(StrictConfig):
+    """The ``TierMigration`` callback's schedule and ``HitMigration`` settings (the top-level
+    ``migration`` group of train.py and evaluate.py)."""
+
+    every_n_batches: int = 50
+    """One migration check every this many replayed batches."""
+    capacity: int = 256
+    """Ids the hit counter tracks (Space-Saving summary)."""
+    promote_min_count: int = 2
+    """Counted hits that make a warm item heavy (promoted)."""
+    idle_checks: int = 2
+    """Checks without a hit after which a hot item that is not heavy is demoted."""
+    max_moves: int = 64
+    """Most promotions, and most demotions, per check."""
+
+    def validate(self) -> None:
+        for name, low in (("every_n_batches", 1), ("capacity", 1), ("promote_min_count", 1), ("idle_checks", 1),
+                          ("max_moves", 0)):
+            v = getattr(self, name)
+            require(isinstance(v, int) and not isinstance(v, bool) and v >= low, "MigrationConfig", name, v,
+                    f"use an int >= {low}")
 
 
 class HitMigration:

@@ -11,12 +11,36 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
+from luma_pl.configuration import StrictConfig, require
 from luma_pl.telemetry import functional as F
 
 MEMORY_ITEM_NORM = 1.0 + 1e-3
 """``TieredMemory`` admits vectors whose norm is within 1e-3 of 1 (``tiered._NORM_TOL``)."""
 FLOAT32_TOL = 1e-5
 """Absolute slack for float32 scores (faiss computes them in float32)."""
+
+
+@dataclasses.dataclass
+class CertificateConfig(StrictConfig):
+    """How answers are certified (the top-level ``safe_at_k`` group of train.py and evaluate.py:
+    the ``SafeAtKLogger`` callback's probes and the evaluator's queries alike)."""
+
+    k: int = 10
+    """Cut-off of Safe@k (and of the evaluator's metrics)."""
+    epsilon_source: str = "interval"
+    """ε of the certificate: 'interval', 'reference', 'frozen' (0; a frozen bridge only) or 'given'."""
+    epsilon_value: float | None = None
+    """ε when ``epsilon_source='given'``."""
+    rescore: bool = True
+    """Re-score warm PQ candidates exactly (ζ = 0 on those hits)."""
+
+    def validate(self) -> None:
+        n = "CertificateConfig"
+        require(isinstance(self.k, int) and self.k >= 1, n, "k", self.k, "use k >= 1")
+        require(self.epsilon_source in F.EPSILON_SOURCES, n, "epsilon_source", self.epsilon_source,
+                f"use one of {F.EPSILON_SOURCES}")
+        require(self.epsilon_source != "given" or (self.epsilon_value is not None and self.epsilon_value >= 0), n,
+                "epsilon_value", self.epsilon_value, "epsilon_source='given' needs epsilon_value >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
