@@ -148,7 +148,7 @@ class SafeAtKLogger(Callback):
         extra = {}
         if refreshed:
             self._seen_refreshes = int(bridge.refreshes)
-            report = self._ensure_audit().observe(bridge, memory)
+            report = self._ensure_audit().observe(bridge, memory, search=self.runtime_of(pl_module).search)
             if report is not None:
                 extra = {k: v for k, v in report.as_metrics("safe/audit_").items()
                          if k in ("safe/audit_violations", "safe/audit_violations_within_epsilon",

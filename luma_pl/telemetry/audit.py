@@ -81,12 +81,17 @@ class OnlineAudit:
         self.totals = {"violations": 0, "violations_within_epsilon": 0, "certified": 0,
                        "flips_uncertified": 0, "uncertified": 0}
         self.last: AuditReport | None = None
+        self._searcher = None  # set per observe call
 
     def _search(self, memory, q: torch.Tensor):
-        return memory.search(q.numpy().astype(np.float32), self.candidates, rescore=self.rescore, record_hits=False)
+        search = self._searcher or memory.search
+        return search(q.numpy().astype(np.float32), self.candidates, rescore=self.rescore, record_hits=False)
 
     @torch.no_grad()
-    def observe(self, bridge, memory) -> AuditReport | None:
+    def observe(self, bridge, memory, search=None) -> AuditReport | None:
+        """``search``: how the stream answers (``StreamRuntime.search``: the prototypes dispatch
+        included); default ``memory.search``."""
+        self._searcher = search
         q_new, a_norm, u_norm = bridge_queries(bridge, self.probes)
         choice = choose_epsilon(bridge, self.epsilon_source, self.epsilon_value)
         eps_new = query_epsilon(choice, a_norm, u_norm)
