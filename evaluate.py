@@ -28,6 +28,9 @@ class EvalCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         limit_cpu_threads()
+        # the top-level admission group (shared with train.py) configures the evaluator's admission
+        if self.config.get("admission") is not None:
+            self.config.model.admission = self.config.admission
         if self.config.get("memory") is not None:  # the top-level memory group (shared with train.py)
             self.config.model.memory = self.config.memory
         cert = self.config.get("safe_at_k")
@@ -42,9 +45,6 @@ class EvalCLI(LightningCLI):
         # a migration group needs its TierMigration callback; safe_at_k also configures a
         # SafeAtKLogger when one is given (the evaluator itself read it above)
         apply_callback_groups(self.config, self.trainer.callbacks, required=("migration",))
-        # the top-level admission group (shared with train.py) configures the evaluator's admission
-        if self.config.get("admission") is not None:
-            self.config.model.admission = self.config.admission
 
 
 def run_evaluation(args: list[str] | None = None) -> tuple[dict, EvalCLI]:
