@@ -93,9 +93,7 @@ def apply_admission(admission, callbacks) -> None:
     if not found:
         raise ValueError("admission: is set but trainer.callbacks has no callbacks.heavy_hitter_admission."
                          "HeavyHitterAdmission; add one (see configs/default.yaml) or drop the admission group")
-    if hasattr(admission, "as_dict"):  # the parsed group is a jsonargparse Namespace (nested keys)
-        admission = admission.as_dict()
-    cfg = admission if isinstance(admission, AdmissionConfig) else AdmissionConfig.from_dict(dict(admission))
+    cfg = _as(AdmissionConfig, admission)
     for cb in found:
         cb.configure(cfg)
 

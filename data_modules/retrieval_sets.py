@@ -170,32 +170,19 @@ def write_retrieval_set(items: list[RetrievalSetItem], encoders: list, out: Path
 
 
 def _encode_rows(encoders: list, items: list[RetrievalSetItem], media: list):
-    """Rows of one block: each item's media row, then its caption rows (labelled queries)."""
-    keys, relevant, item_rows, cap_rows, captions = [], [], [], [], []
-    for it in items:
-        item_rows.append(len(keys))
-        keys.append(it.key)
+    """Rows of one block: each item's media row, then its caption rows (labelled queries), encoded
+    by ``build_shards.encode_samples`` (one forward per tower; ``<space>`` / ``<space>_text``)."""
+    from .build_shards import encode_samples
+    from .webdataset_source import WebDatasetSample
+
+    rows, relevant = [], []
+    for it, (modality, value) in zip(items, media, strict=True):
+        rows.append(WebDatasetSample(key=it.key, url="", ts=0, topic="", caption=None,
+                                     image=value if modality == "image" else None,
+                                     audio=value if modality == "audio" else None))
         relevant.append(None)
         for i, c in enumerate(it.captions):
-            cap_rows.append(len(keys))
-            keys.append(f"{it.key}#c{i}")
+            rows.append(WebDatasetSample(key=f"{it.key}#c{i}", url="", ts=0, topic="", caption=c))
             relevant.append([it.key])
-            captions.append(c)
-    n = len(keys)
-    emb: dict[str, np.ndarray] = {}
-    has: dict[str, np.ndarray] = {}
-    for enc in encoders:
-        for modality in ("image", "audio"):
-            rows = [r for r, (m, _) in zip(item_rows, media, strict=True) if m == modality]
-            if modality in enc.modalities and rows:
-                vals = [x for m, x in media if m == modality]
-                vec = (enc.encode_image(vals) if modality == "image" else enc.encode_audio(vals)).cpu().numpy()
-                emb.setdefault(enc.space, np.zeros((n, enc.dim), np.float32))[rows] = vec
-                has.setdefault(enc.space, np.zeros(n, bool))[rows] = True
-        if "text" in enc.modalities:
-            space = f"{enc.space}_text"
-            emb[space] = np.zeros((n, enc.dim), np.float32)
-            emb[space][cap_rows] = enc.encode_text(captions).cpu().numpy()
-            has[space] = np.zeros(n, bool)
-            has[space][cap_rows] = True
-    return keys, relevant, emb, has
+    emb, has = encode_samples(encoders, rows)
+    return [r.key for r in rows], relevant, emb, has

@@ -23,8 +23,6 @@ from luma_pl.stream.ids import batch_ids
 STREAM_STATE_KEY = "luma_stream"
 """Checkpoint key of the module's ``StreamRuntime`` state (ids seen, counters)."""
 
-_MODALITY = MEDIA_MODALITY
-
 
 @dataclasses.dataclass
 class BridgeModuleConfig(StrictConfig):
@@ -54,7 +52,7 @@ class BridgeModuleConfig(StrictConfig):
         n = "BridgeModuleConfig"
         require(all(isinstance(k, int) and k >= 1 for k in self.ks) and self.ks, n, "ks", self.ks, "use positive ints, e.g. [1, 10]")
         for ext in self.media_keys.values():
-            require(ext in _MODALITY, n, "media_keys", self.media_keys, f"extensions must be in {sorted(_MODALITY)}")
+            require(ext in MEDIA_MODALITY, n, "media_keys", self.media_keys, f"extensions must be in {sorted(MEDIA_MODALITY)}")
         require(self.score_chunk >= 1, n, "score_chunk", self.score_chunk, "use a positive chunk size")
         require(isinstance(self.stream_queries_k, int) and self.stream_queries_k >= 0, n, "stream_queries_k",
                 self.stream_queries_k, "use an int >= 0 (0 = the training stream asks the memory nothing)")
