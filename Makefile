@@ -13,7 +13,7 @@ FAISS_EXTRA ?= cpu
 STAMP := $(VENV)/.luma-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench bench-peers lint install clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,14 @@ demo: $(STAMP)
 bench: $(STAMP)
 	LUMA_NUM_THREADS=1 $(PY) bench/run_all.py
 
+# peer libraries the steady-state hot-tier bench compares against (bench/bench_hot_steady.py): in
+# their own folder, never in the project's environment or dependencies
+PEERS ?= .bench-peers
+bench-peers: $(STAMP)
+	$(PY) -m pip install --target $(PEERS) hnswlib usearch
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(PEERS)

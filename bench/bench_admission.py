@@ -53,19 +53,22 @@ def stream(n: int, seed: int = 0) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def mem_config(n: int, hot_frac: float = 1.0, background: bool = False) -> MemoryConfig:
+def mem_config(n: int, hot_frac: float = 1.0, background: bool = False, retrain_mode: str | None = None
+               ) -> MemoryConfig:
+    mode = {} if retrain_mode is None else {"retrain_mode": retrain_mode}
     return MemoryConfig(dim=D, hot_max_items=int(hot_frac * n), hot_max_bytes=1 << 31, warm_max_items=n,
-                        warm_max_bytes=1 << 31, nlist=32, pq_m=64, pq_nbits=8, retrain_in_background=background)
+                        warm_max_bytes=1 << 31, nlist=32, pq_m=64, pq_nbits=8, retrain_in_background=background,
+                        **mode)
 
 
-def run_pipeline(x: np.ndarray, batch: int, hot_frac: float = 1.0, background: bool = False
-                 ) -> tuple[float, np.ndarray, dict]:
+def run_pipeline(x: np.ndarray, batch: int, hot_frac: float = 1.0, background: bool = False,
+                 retrain_mode: str | None = None) -> tuple[float, np.ndarray, dict]:
     n = len(x)
     cfg = AdmissionConfig(prefilter=PrefilterConfig(basis="adaptive", threshold_mode="quantile", alpha=0.05,
                                                     window=1024, interval=1024),
                           cluster=ClusterConfig(m=150), counter=CounterConfig(policy="space_saving", capacity=100))
     pipe = AdmissionPipeline(cfg, D)
-    mem = TieredMemory(mem_config(n, hot_frac, background))
+    mem = TieredMemory(mem_config(n, hot_frac, background, retrain_mode))
     keep = np.zeros(n, bool)
     t0 = time.perf_counter()
     for s in range(0, n, batch):
@@ -76,7 +79,9 @@ def run_pipeline(x: np.ndarray, batch: int, hot_frac: float = 1.0, background: b
     info = {"hot": audit["hot"], "warm": audit["warm"] + audit["buffer"], "dropped": int((~keep).sum()),
             "train_size": mem.warm.train_size, "demotions": mem.counters["demotions"],
             "hot_rebuilds": mem.hot.rebuilds, "warm_trainings": mem.warm.trainings,
-            "retrain_waits": mem.counters["retrain_waits"], "retrain_wait_ms": mem.counters["retrain_wait_ms"]}
+            "retrain_waits": mem.counters["retrain_waits"], "retrain_wait_ms": mem.counters["retrain_wait_ms"],
+            "retrain_mode": mem.cfg.retrain_mode, "retrain_ms": mem.counters["retrain_ms"],
+            "retrain_encode_ms": mem.counters["retrain_encode_ms"]}
     # where each row ended up: 0 hot, 1 warm, -1 never admitted
     route = np.full(n, -1)
     route[keep] = [0 if mem.location(i) == "hot" else 1 for i in np.flatnonzero(keep).tolist()]
@@ -120,6 +125,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--background-retrain", dest="background", action="store_true",
                     help="retrain the warm IVFPQ in a worker process (MemoryConfig.retrain_in_background)")
+    ap.add_argument("--retrain-mode", dest="retrain_mode", default=None,
+                    help="MemoryConfig.retrain_mode for drift retrainings (default: the config's default)")
     ap.add_argument("--hot-frac", dest="hot_frac", type=float, default=1.0,
                     help="hot budget as a fraction of N (< 1: the steady state with a full hot tier)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -128,7 +135,7 @@ def main(argv=None) -> dict:
     x = stream(args.n)
     pipe_s, raw_s = [], []
     for _ in range(args.repeats):
-        dt, route, info = run_pipeline(x, args.batch, args.hot_frac, args.background)
+        dt, route, info = run_pipeline(x, args.batch, args.hot_frac, args.background, args.retrain_mode)
         pipe_s.append(dt)
         raw_s.append(run_raw(x, args.batch, route, info["train_size"]))
     p, r = float(np.median(pipe_s)), float(np.median(raw_s))
@@ -139,7 +146,8 @@ def main(argv=None) -> dict:
     print(json.dumps(res, indent=1))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = ("" if args.hot_frac >= 1 else f"_hot{args.hot_frac:g}") + ("_bg" if args.background else "")
+    tag = (("" if args.hot_frac >= 1 else f"_hot{args.hot_frac:g}") + ("_bg" if args.background else "")
+           + (f"_{args.retrain_mode}" if args.retrain_mode else ""))
     (out / f"admission_bench{tag}.json").write_text(json.dumps(res, indent=1))
     what = ("raw faiss (same hot/warm rows)" if args.hot_frac >= 1 else
             f"steady state, hot budget {args.hot_frac:g} x N; raw faiss places each row once in its final tier")
@@ -148,7 +156,8 @@ def main(argv=None) -> dict:
         f"{args.repeats}: pipeline {args.n / p:.0f} vec/s, {what} {args.n / r:.0f} vec/s, "
         f"ratio {r / p:.2f}x (target >= 0.8x with room in hot). Hot {info['hot']}, warm {info['warm']}, "
         f"dropped {info['dropped']}; demotions {info['demotions']}, hot graph rebuilds {info['hot_rebuilds']}, "
-        f"warm trainings {info['warm_trainings']}"
+        f"warm trainings {info['warm_trainings']} (retrain_mode {info['retrain_mode']}, "
+        f"{info['retrain_ms']} ms retraining, of which {info['retrain_encode_ms']} ms re-encoding)"
         + (f" (in a worker process; installs that waited {info['retrain_waits']}, {info['retrain_wait_ms']} ms)"
            if args.background else "") + ".\n")
     return res

@@ -9,6 +9,7 @@ from luma_pl.configuration import StrictConfig, require
 
 HOT_BACKENDS = ("hnsw", "flat", "gpu_flat")
 WARM_BACKENDS = ("ivfpq", "gpu_ivfpq")
+RETRAIN_MODES = ("full", "coarse", "hot_start")
 # nprobe=0: max(NPROBE_MIN, nlist / NPROBE_DIV), i.e. the same share (1.6%) of lists at any nlist
 # (an option; the measured default is a fixed 16, see ``MemoryConfig.nprobe``)
 NPROBE_MIN = 16
@@ -19,6 +20,10 @@ NPROBE_DIV = 64
 OVERSAMPLE_ITEMS = 15_000
 OVERSAMPLE_MIN = 10
 OVERSAMPLE_MAX = 100
+# Hot rows a flat scan handles as fast as a graph search (d=512, one thread, batched queries of 512:
+# flat 4,000 rows 0.053 ms/query, 10,000 rows 0.137; HNSW M=32 on 40,000 rows 0.086; see
+# bench/bench_hot_steady.py, which prints the crossover measured in its run).
+HOT_FLAT_ROWS = 4096
 # Bytes of one exact hot vector row plus its bookkeeping, used to reject budgets that cannot hold
 # even one item (the real per-node cost, graph links included, is measured at run time).
 _ID_BYTES = 8
@@ -54,8 +59,24 @@ class MemoryConfig(StrictConfig):
     """HNSW efConstruction: candidate list size while building; higher = better graph, slower add."""
     ef_search: int = 64
     """HNSW efSearch: candidate list size while searching; raised to k when k is larger."""
-    tombstone_fraction: float = 0.2
-    """Rebuild the HNSW graph once this fraction of its rows are tombstones (removed items)."""
+    tombstone_fraction: float = 0.8
+    """Compact a sealed hot segment once this fraction of its rows are tombstones (removed items):
+    its live rows move back to the exact mutable segment and the segment is dropped (see
+    ``luma_pl.memory.hot``). A stream that demotes its oldest items empties segments in order, so a
+    high fraction mostly drops segments whole instead of re-inserting their survivors."""
+    hot_seal_rows: int = 0
+    """Rows of the hot tier's mutable exact segment before it is sealed into a graph segment
+    ('hnsw' backend). 0 = chosen by measured cost (``resolved_seal_rows``): a hot tier of at most
+    ``HOT_FLAT_ROWS`` items is never sealed (a flat scan of it is as fast as a graph search), a larger
+    one seals every ``HOT_FLAT_ROWS`` rows."""
+    hot_ef_share: bool = True
+    """Split ``ef_search`` over the sealed hot segments by their shares of the live rows (at least k
+    each), so a query costs about what one graph of all of them would; False gives every segment the
+    full ``ef_search`` (higher recall, a query cost growing with the segment count)."""
+    hot_segment_rows: int = 0
+    """Most rows of one sealed hot segment (a seal adds to the newest segment while it stays under
+    this). 0 = ``hot_max_items``: a stream that demotes oldest-first then holds about two segments,
+    the one dying and the one growing."""
     nlist: int = 0
     """IVF lists of the warm tier; 0 = choose ~4*sqrt(warm_max_items), bounded by the training size."""
     nprobe: int = 16
@@ -76,6 +97,26 @@ class MemoryConfig(StrictConfig):
     """Training waits for this many points per centroid (IVF and PQ); faiss warns below 39."""
     retrain_drift_factor: float = 1.5
     """Retrain the warm tier when mean zeta over the recent window exceeds this factor x training mean."""
+    retrain_mode: str = "hot_start"
+    """How a drift retraining (``retrain_drift_factor``) retrains the warm IVFPQ (``retrain.train_ivfpq``):
+    'full' (coarse k-means and PQ from scratch, ``pq_train_iterations``), 'coarse'
+    (``retrain_coarse_iterations`` of coarse k-means started from the current centroids; the PQ
+    codebooks are kept) or 'hot_start' (that coarse step, then ``retrain_pq_iterations`` PQ iterations
+    from the current codebooks). The first training, when the exact buffer fills, is always full.
+    Measured on bench/bench_admission.py's drifting stream (d=512, nlist 32, PQ64x8, 9,984-point
+    sample, one thread; N=40k, hot 10%, so every arrival is demoted to warm): one retraining on the
+    same state (13.3k warm items; mean zeta 0.412 under the old index) takes 6.9 s CPU for zeta 0.3607
+    'full', 0.90 s for 0.3606 'hot_start' (4 coarse + 1 PQ iteration; 2 PQ: 1.8 s, 0.3600), 0.05 s
+    for 0.3623 'coarse'. Over the stream: 'full' 8 retrainings, 60 s of training, final zeta 0.430;
+    'hot_start' 8, 5.8 s, 0.419; 'coarse' 9, 0.4 s, 0.462 (kept codebooks fall behind: zeta ratchets
+    up). Re-encoding every warm item adds 0.2-0.8 s per retraining in any mode. On small drifting
+    streams (d=32, nlist 8, PQ8x4) 'coarse' did not lower the drifted items' zeta and retrained 66
+    times where 'full' did 16 and 'hot_start' 25, so 'coarse' suits only residuals that do not drift."""
+    retrain_coarse_iterations: int = 4
+    """Coarse k-means iterations of a 'coarse' or 'hot_start' retraining, started from the current
+    centroids."""
+    retrain_pq_iterations: int = 1
+    """PQ k-means iterations of a 'hot_start' retraining, started from the current codebooks."""
     retrain_in_background: bool = False
     """Retrain the warm IVFPQ in a spawned worker process while ingest goes on (the old codebook
     keeps encoding meanwhile); the new index is installed ``retrain_lag_inserts`` inserts later,
@@ -138,6 +179,10 @@ class MemoryConfig(StrictConfig):
         require(self.ef_search >= 1, o, "ef_search", self.ef_search, "use >= 1 (>= k is sensible)")
         require(0.0 < self.tombstone_fraction < 1.0, o, "tombstone_fraction", self.tombstone_fraction,
                 "use a fraction in (0, 1), e.g. 0.2")
+        require(self.hot_seal_rows >= 0, o, "hot_seal_rows", self.hot_seal_rows,
+                "use 0 (chosen by measured cost) or a positive row count, e.g. 4096")
+        require(self.hot_segment_rows >= 0, o, "hot_segment_rows", self.hot_segment_rows,
+                "use 0 (hot_max_items) or a positive row count >= hot_seal_rows")
         require(self.nlist >= 0, o, "nlist", self.nlist, "use 0 (automatic) or a positive list count")
         require(self.nlist <= max(self.warm_max_items, 1), o, "nlist", self.nlist,
                 f"more lists than warm items ({self.warm_max_items}) leaves lists empty; lower nlist or use 0")
@@ -156,6 +201,12 @@ class MemoryConfig(StrictConfig):
                 self.train_points_per_centroid, "use >= 1 (39 avoids faiss warnings)")
         require(self.retrain_drift_factor > 1.0, o, "retrain_drift_factor", self.retrain_drift_factor,
                 "use a factor > 1, e.g. 1.5")
+        require(self.retrain_mode in RETRAIN_MODES, o, "retrain_mode", self.retrain_mode,
+                f"use one of {RETRAIN_MODES} ('hot_start' is the default, 'full' retrains from scratch)")
+        require(self.retrain_coarse_iterations >= 1, o, "retrain_coarse_iterations",
+                self.retrain_coarse_iterations, "use >= 1 k-means iterations from the current centroids (4 is the default)")
+        require(self.retrain_pq_iterations >= 1, o, "retrain_pq_iterations", self.retrain_pq_iterations,
+                "use >= 1 k-means iterations from the current codebooks (1 is the default)")
         require(self.zeta_window >= 1, o, "zeta_window", self.zeta_window, "use >= 1")
         require(self.retrain_lag_inserts >= 0, o, "retrain_lag_inserts", self.retrain_lag_inserts,
                 "use >= 0 inserts (0 installs at the next insert)")
@@ -189,6 +240,17 @@ class MemoryConfig(StrictConfig):
         # 90%: the buffer's spare capacity and the tier's fixed structures need room too
         by_bytes = int(0.9 * self.warm_max_bytes) // (_buffered_row_bytes(self.dim) * self.train_points_per_centroid)
         return int(max(1, min(guess, by_items, by_bytes, 65536)))
+
+    def resolved_seal_rows(self) -> int:
+        """Mutable hot rows before a seal: the configured count, else never (a hot tier of at most
+        ``HOT_FLAT_ROWS`` items stays one exact segment) or every ``HOT_FLAT_ROWS`` rows."""
+        if self.hot_seal_rows:
+            return int(self.hot_seal_rows)
+        return self.hot_max_items + 1 if self.hot_max_items <= HOT_FLAT_ROWS else HOT_FLAT_ROWS
+
+    def resolved_segment_rows(self) -> int:
+        """Most rows per sealed hot segment: the configured count, else ``hot_max_items``."""
+        return int(max(self.hot_segment_rows or self.hot_max_items, self.resolved_seal_rows(), 1))
 
     def resolved_nprobe(self, nlist: int | None = None) -> int:
         """The configured nprobe, else nlist/NPROBE_DIV (at least NPROBE_MIN), clamped to nlist."""

@@ -38,9 +38,7 @@ def _arrays(memory: TieredMemory) -> dict[str, np.ndarray]:
     n = memory.num_keys
     w = memory.warm
     return {
-        "hot_index": memory.hot.index_bytes(),
-        "hot_ids": memory.hot.ids,
-        "hot_live": memory.hot.live,
+        **memory.hot.state_arrays(),  # hot_index, hot_ids, hot_live, hot_segments
         "warm_index": w.index_bytes(),
         "warm_buf_ids": w.buf_ids,
         "warm_buf_vecs": w.buf_vecs,
@@ -57,7 +55,7 @@ def _arrays(memory: TieredMemory) -> dict[str, np.ndarray]:
 
 _ARRAY_NAMES = ("hot_index", "hot_ids", "hot_live", "warm_index", "warm_buf_ids", "warm_buf_vecs", "warm_recent",
                 "ids", "locations", "hits", "last_access", "zeta")
-_OPTIONAL_ARRAYS = ("retrain_keys", "labels", *(f"migration_{n}" for n in MIGRATION_ARRAYS),
+_OPTIONAL_ARRAYS = ("hot_segments", "retrain_keys", "labels", *(f"migration_{n}" for n in MIGRATION_ARRAYS),
                     *(f"migration_counter_{n}" for n in MIGRATION_COUNTER_ARRAYS))
 """Absent from snapshots written before these were kept."""
 
@@ -69,6 +67,8 @@ def _scalars(memory: TieredMemory) -> dict:
         "counters": dict(memory.counters),
         "num_keys": memory.num_keys,
         "hot_rebuilds": memory.hot.rebuilds,
+        "hot_seals": memory.hot.seals,
+        "hot_segment_drops": memory.hot.drops,
         "warm_train_zeta_mean": memory.warm.train_zeta_mean,
         "warm_trainings": memory.warm.trainings,
         "retrain_at": int(memory.retrain_at),

@@ -2,7 +2,11 @@
 
 At d=512 with 64 x 8-bit PQ, one training on ~10k points takes ~6.8 s on one thread, and a drifting
 stream retrains every few thousand warm items (``MemoryConfig.retrain_drift_factor``): done in line,
-that stalls ingest for seconds each time. ``BackgroundTrainer`` runs it in a child process instead
+that stalls ingest for seconds each time. A drift retraining therefore starts from the index in use
+(``train_ivfpq``, ``MemoryConfig.retrain_mode``): by default 4 coarse k-means iterations from the
+current centroids and 1 PQ iteration from the current codebooks, 0.9 s for the zeta of a full
+training (measured numbers in ``MemoryConfig.retrain_mode``); the worker gets that index's centroids
+and codebooks as ``base.faiss`` (``quantizers_of``, no codes). ``BackgroundTrainer`` runs it in a child process instead
 (``python -m luma_pl.memory.retrain <job folder>``). Not a thread: faiss's k-means takes the GIL back
 often enough that a training beside a busy Python thread ran 14.6 s instead of 6.8 s here, while in a
 process it ran 6.9 s with the parent at full speed. Not ``multiprocessing``: its spawn start method
@@ -43,6 +47,56 @@ def new_ivfpq(dim: int, nlist: int, pq_m: int, pq_nbits: int, niter: int, seed: 
     return index
 
 
+def quantizers_of(index: faiss.IndexIVFPQ) -> faiss.IndexIVFPQ:
+    """An empty trained copy of ``index``: its coarse centroids and PQ codebooks, no codes (what a
+    cheap retraining starts from; small enough to hand to the worker through ``faiss.write_index``)."""
+    out = new_ivfpq(index.d, index.nlist, index.pq.M, index.pq.nbits, index.pq.cp.niter, index.cp.seed)
+    out.quantizer.add(index.quantizer.reconstruct_n(0, index.nlist))
+    faiss.copy_array_to_vector(faiss.vector_to_array(index.pq.centroids), out.pq.centroids)
+    out.is_trained = True
+    out.precompute_table()
+    return out
+
+
+def train_ivfpq(sample: np.ndarray, dim: int, nlist: int, pq_m: int, pq_nbits: int, niter: int, seed: int,
+                mode: str = "full", coarse_iterations: int = 4, pq_iterations: int = 1,
+                base: faiss.IndexIVFPQ | None = None) -> faiss.IndexIVFPQ:
+    """A trained IVFPQ from the (n, d) ``sample`` (seeded, deterministic on one thread).
+
+    ``mode`` (``MemoryConfig.retrain_mode``): 'full' trains coarse k-means and PQ from scratch (PQ
+    with ``niter`` iterations); the cheap modes start from ``base`` (the index in use): 'coarse' runs
+    ``coarse_iterations`` of coarse k-means from its centroids and keeps its PQ codebooks (by_residual:
+    the codebooks describe residuals to the nearest centroid, which move less under topic drift than
+    the vectors do); 'hot_start' does the same coarse step, then ``pq_iterations`` PQ k-means
+    iterations on the new residuals from its codebooks (``ProductQuantizer.Train_hot_start``).
+    Without ``base`` every mode trains in full.
+    """
+    x = np.ascontiguousarray(sample, dtype=np.float32)
+    if mode == "full" or base is None:
+        index = new_ivfpq(dim, nlist, pq_m, pq_nbits, niter, seed)
+        index.train(x)
+        return index
+    if mode not in ("coarse", "hot_start"):
+        raise ValueError(f"retrain mode {mode!r} is unknown; use 'full', 'coarse' or 'hot_start'")
+    index = new_ivfpq(dim, nlist, pq_m, pq_nbits, pq_iterations, seed)
+    clus = faiss.Clustering(dim, nlist, index.cp)  # spherical (inner product), seeded, as a full training
+    clus.niter = coarse_iterations
+    faiss.copy_array_to_vector(base.quantizer.reconstruct_n(0, nlist).ravel(), clus.centroids)  # the init
+    clus.train(x, faiss.IndexFlatIP(dim))
+    index.quantizer.add(faiss.vector_to_array(clus.centroids).reshape(nlist, dim))
+    faiss.copy_array_to_vector(faiss.vector_to_array(base.pq.centroids), index.pq.centroids)
+    if mode == "coarse":
+        index.is_trained = True
+        index.precompute_table()
+    else:
+        # the quantizer holds nlist centroids, so IndexIVF.train skips it and trains only the PQ on
+        # the residuals, starting from the current codebooks
+        index.pq.train_type = faiss.ProductQuantizer.Train_hot_start
+        index.train(x)
+        index.pq.train_type = faiss.ProductQuantizer.Train_default
+    return index
+
+
 class BackgroundTrainer:
     """One training at a time in a child process; the job's files live in a private temp folder."""
 
@@ -77,11 +131,15 @@ class BackgroundTrainer:
     def done(self) -> bool:
         return self._proc is not None and self._proc.poll() is not None
 
-    def submit(self, sample: np.ndarray, **params) -> None:
+    def submit(self, sample: np.ndarray, base: faiss.IndexIVFPQ | None = None, **params) -> None:
+        """Start ``train_ivfpq(sample, base=base, **params)`` in the child; ``base`` (the index a cheap
+        mode starts from) goes as its ``quantizers_of`` copy through ``faiss.write_index``."""
         if self._proc is not None:
             raise RuntimeError("a training is already running; take its result() first")
         self._dir = tempfile.mkdtemp(prefix="luma_retrain_")
         np.save(os.path.join(self._dir, "sample.npy"), np.ascontiguousarray(sample, dtype=np.float32))
+        if base is not None and params.get("mode", "full") != "full":
+            faiss.write_index(quantizers_of(base), os.path.join(self._dir, "base.faiss"))
         with open(os.path.join(self._dir, "params.json"), "w") as f:
             json.dump({**params, "threads": self.threads}, f)
         # the child imports this package from where the parent did (an installed or a source checkout)
@@ -133,8 +191,9 @@ def _main(folder: str) -> None:
         params = json.load(f)
     faiss.omp_set_num_threads(int(params.pop("threads", 1)))
     sample = np.load(os.path.join(folder, "sample.npy"), allow_pickle=False)
-    index = new_ivfpq(**params)
-    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    base_path = os.path.join(folder, "base.faiss")
+    base = faiss.read_index(base_path) if os.path.exists(base_path) else None
+    index = train_ivfpq(sample, base=base, **params)
     tmp = os.path.join(folder, "index.faiss.tmp")
     faiss.write_index(index, tmp)
     os.replace(tmp, os.path.join(folder, "index.faiss"))

@@ -79,8 +79,11 @@ def pad_result(res: SearchResult, k: int) -> SearchResult:
 
 COUNTERS = {"inserted": 0, "evictions": 0, "promotions": 0, "demotions": 0, "replaced": 0, "retrains": 0,
             "tick": 0, "searches": 0, "auto_migrations": 0, "retrain_waits": 0, "retrain_wait_ms": 0,
-            "insert_calls": 0}
-"""Every counter a memory keeps (a snapshot written before one existed loads it as 0)."""
+            "insert_calls": 0, "retrain_ms": 0, "retrain_encode_ms": 0}
+"""Every counter a memory keeps (a snapshot written before one existed loads it as 0). Retraining
+stalls, in wall ms of the calling thread: ``retrain_ms`` is all of it (in-line trainings, waits for the
+background worker, re-encoding every warm item at each install), ``retrain_encode_ms`` the re-encoding
+part and ``retrain_wait_ms`` the waits (``retrain_waits`` installs had to wait)."""
 
 
 def new_migration(config: MemoryConfig) -> HitMigration:
@@ -122,7 +125,10 @@ class TieredMemory:
         if self.originals.rows:
             raise ValueError(f"directory {self.directory!r} already holds originals; use persistence.load() to open a saved memory")
         self.hot = HotTier(config.dim, config.hot_backend, config.hnsw_m, config.ef_construction,
-                           config.ef_search, config.tombstone_fraction, item_bytes=ITEM_BOOKKEEPING_BYTES)
+                           config.ef_search, config.tombstone_fraction, item_bytes=ITEM_BOOKKEEPING_BYTES,
+                           seal_rows=config.resolved_seal_rows(), segment_rows=config.resolved_segment_rows(),
+                           max_rows=max(1, min(config.hot_max_items, config.hot_max_bytes // (
+                               config.dim * 4 + 9 + ITEM_BOOKKEEPING_BYTES))), ef_share=config.hot_ef_share)
         self.warm = WarmTier(config, item_bytes=ITEM_BOOKKEEPING_BYTES)
         cap = 1024
         self.ids = np.zeros(cap, dtype=np.int64)  # (keys,) external id of each key
@@ -228,7 +234,9 @@ class TieredMemory:
         live = np.flatnonzero(arrays["locations"] < 4)
         self.key_of = IdMap.from_arrays(arrays["ids"][live], live)
         self.counters = {**COUNTERS, **{k: int(v) for k, v in meta["counters"].items()}}
-        self.hot.restore(arrays["hot_index"], arrays["hot_ids"], arrays["hot_live"], meta["hot_rebuilds"])
+        self.hot.restore(arrays, self.originals.get, {"hot_rebuilds": meta["hot_rebuilds"],
+                                                      "hot_seals": meta.get("hot_seals", 0),
+                                                      "hot_segment_drops": meta.get("hot_segment_drops", 0)})
         self.warm.restore(arrays["warm_index"], arrays["warm_buf_ids"], arrays["warm_buf_vecs"],
                           arrays["warm_recent"], meta["warm_train_zeta_mean"], meta["warm_trainings"])
         self._zeta_max = None
@@ -445,11 +453,23 @@ class TieredMemory:
 
     def retrain(self) -> None:
         """Retrain the warm IVFPQ on the exact originals of every warm item and re-encode them."""
-        keys = np.concatenate([self.keys_in(WARM), self.keys_in(BUFFER)])
+        keys = self._warm_keys()
         if len(keys) < self.warm.train_size:
             return
-        self._set_warm_zeta(keys, self.warm.train(keys, self.originals.get(keys)))
+        t = time.perf_counter()
+        x = self.originals.get(keys)
+        index = self.warm.retrained_index(x)  # cfg.retrain_mode, from the index in use
+        self._reencode(keys, x, index, t)
+
+    def _reencode(self, keys: np.ndarray, x: np.ndarray, index, started: float) -> None:
+        """Install a retrained index and re-encode every warm item with it; count the stall since
+        ``started``."""
+        t = time.perf_counter()
+        self._set_warm_zeta(keys, self.warm.train(keys, x, trained=index))
+        done = time.perf_counter()
         self.counters["retrains"] += 1
+        self.counters["retrain_encode_ms"] += int(round(1000 * (done - t)))
+        self.counters["retrain_ms"] += int(round(1000 * (done - started)))
 
     def _warm_keys(self) -> np.ndarray:
         return np.concatenate([self.keys_in(WARM), self.keys_in(BUFFER)])
@@ -467,8 +487,9 @@ class TieredMemory:
 
             self._trainer = BackgroundTrainer(threads=default_num_threads())
         c = self.cfg
-        self._trainer.submit(self.originals.get(keys), dim=c.dim, nlist=self.warm.nlist, pq_m=c.pq_m,
-                             pq_nbits=c.pq_nbits, niter=c.pq_train_iterations, seed=c.seed)
+        # a cheap mode starts from the index in use: its quantizers are those at the job's start even
+        # after a save and load (codes are added meanwhile, centroids and codebooks never change)
+        self._trainer.submit(self.originals.get(keys), base=self.warm.index, **self.warm.retrain_params())
         self.retrain_keys = np.asarray(keys, np.int64)
         self.retrain_at = self.counters["insert_calls"] + c.retrain_lag_inserts if at is None else int(at)
 
@@ -482,8 +503,7 @@ class TieredMemory:
         self.counters["retrain_wait_ms"] += int(1000 * (time.perf_counter() - t))
         self.retrain_keys, self.retrain_at = np.empty(0, np.int64), -1
         keys = self._warm_keys()
-        self._set_warm_zeta(keys, self.warm.train(keys, self.originals.get(keys), trained=index))
-        self.counters["retrains"] += 1
+        self._reencode(keys, self.originals.get(keys), index, t)
 
     # ------------------------------------------------------------------ migration
     def promote(self, ids) -> None:
@@ -641,7 +661,7 @@ class TieredMemory:
         ever admitted). The id map's real size (``IdMap.nbytes``) is used for that line, so hot + warm +
         bookkeeping is an upper bound of the Python-side total. 'originals_disk' is on disk."""
         live = len(self.hot) + len(self.warm)
-        arrays = len(self.ids) * _PER_KEY_ARRAY_BYTES + self.hot._row.nbytes
+        arrays = len(self.ids) * _PER_KEY_ARRAY_BYTES + self.hot.slot_nbytes()
         dict_bytes = self.key_of.nbytes
         total_book = arrays + dict_bytes
         outside = max(0, total_book - live * ITEM_BOOKKEEPING_BYTES)
@@ -652,6 +672,8 @@ class TieredMemory:
         return {**self.counters, "hot": len(self.hot), "warm": self.warm.ivf_count,
                 "buffer": len(self.warm.buf_ids), "evicted": len(self.keys_in(EVICTED)),
                 "hot_tombstones": self.hot.tombstones, "hot_rebuilds": self.hot.rebuilds,
+                "hot_segments": len(self.hot.segments), "hot_mutable_rows": self.hot.mutable_rows,
+                "hot_seals": self.hot.seals, "hot_segment_drops": self.hot.drops,
                 "warm_trainings": self.warm.trainings, "zeta_max": self.zeta_max}
 
     def audit(self) -> dict[str, int]:
@@ -661,11 +683,8 @@ class TieredMemory:
         def check(cond, what):
             if not cond:
                 raise AssertionError(f"memory audit failed: {what}")
-        check(set(self.hot.row_of) == set(self.keys_in(HOT).tolist()), "hot index keys != keys located hot")
-        live_rows = np.flatnonzero(self.hot.live)
-        check((self.hot.rows_of(self.hot.ids[live_rows]) == live_rows).all(), "hot id -> row map is stale")
-        check(int(self.hot.live.sum()) == len(self.hot) and self.hot.index.ntotal == self.hot.rows,
-              "hot liveness / index rows disagree")
+        hot_keys = self.hot.audit()  # the segments agree with the hot tier's own key map
+        check(np.array_equal(np.sort(hot_keys), self.keys_in(HOT)), "hot index keys != keys located hot")
         check(set(self.warm.buf_ids.tolist()) == set(self.keys_in(BUFFER).tolist()), "buffer keys != keys located buffer")
         ivf = self._ivf_keys()
         check(len(ivf) == self.warm.ivf_count and set(ivf.tolist()) == set(self.keys_in(WARM).tolist()),

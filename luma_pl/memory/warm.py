@@ -40,7 +40,7 @@ import faiss
 import numpy as np
 
 from luma_pl.memory.config import MemoryConfig
-from luma_pl.memory.retrain import new_ivfpq
+from luma_pl.memory.retrain import new_ivfpq, train_ivfpq
 
 
 class WarmTier:
@@ -191,6 +191,20 @@ class WarmTier:
     def new_index(self) -> faiss.IndexIVFPQ:
         c = self.cfg
         return new_ivfpq(self.dim, self.nlist, c.pq_m, c.pq_nbits, c.pq_train_iterations, c.seed)
+
+    def retrain_params(self) -> dict:
+        """The parameters of a drift retraining (``retrain.train_ivfpq``; JSON for the worker)."""
+        c = self.cfg
+        return {"dim": self.dim, "nlist": self.nlist, "pq_m": c.pq_m, "pq_nbits": c.pq_nbits,
+                "niter": c.pq_train_iterations, "seed": c.seed, "mode": c.retrain_mode,
+                "coarse_iterations": c.retrain_coarse_iterations, "pq_iterations": c.retrain_pq_iterations}
+
+    def retrained_index(self, vectors: np.ndarray) -> faiss.IndexIVFPQ:
+        """A drift retraining in line: ``cfg.retrain_mode`` on the seeded ``train_sample`` of these
+        vectors, starting from the index in use (the first training, at buffer fill, is ``train``'s
+        full one)."""
+        sample = np.ascontiguousarray(vectors[self.train_sample(len(vectors))], dtype=np.float32)
+        return train_ivfpq(sample, **self.retrain_params(), base=self.index)
 
     def train(self, ids: np.ndarray, vectors: np.ndarray, trained: faiss.IndexIVFPQ | None = None) -> np.ndarray:
         """(Re)train on these exact vectors (the seeded ``train_sample`` of them) and encode all of

@@ -31,6 +31,10 @@ CONFIGS = {
                   nlist=2, nprobe=2, pq_m=2, pq_nbits=4, train_points_per_centroid=3, hnsw_m=4, ef_search=256,
                   oversample=80, zeta_window=16, retrain_drift_factor=1.2),
 }
+# the ivfpq memory with a segmented hot tier that seals every 3 rows into graph segments of at most 5
+# rows and compacts a segment at 50% tombstones: seals, whole-segment drops and compactions all happen
+CONFIGS["segments"] = CONFIGS["ivfpq"] | dict(hot_max_items=12, hot_seal_rows=3, hot_segment_rows=5,
+                                              tombstone_fraction=0.5)
 # the ivfpq memory again, with streaming admission and automatic migration every 2nd search
 CONFIGS["ivfpq_auto_migrate"] = CONFIGS["ivfpq"] | dict(migrate_every_n_searches=2, promote_min_hits=1)
 
@@ -149,6 +153,10 @@ class MemoryMachine(RuleBasedStateMachine):
         self.evicted = now_evicted
         assert self.mem.stats()["evictions"] >= len(now_evicted)
         event(f"warm trained: {self.mem.warm.trained}")
+        st = self.mem.stats()
+        if self.cfg.hot_seal_rows:
+            event(f"hot seals > 0: {st['hot_seals'] > 0}; compactions > 0: {st['hot_rebuilds'] > 0}; "
+                  f"segment drops > 0: {st['hot_segment_drops'] > 0}")
 
 
 class IVFPQMachine(MemoryMachine):
@@ -161,6 +169,14 @@ TestBufferMemory = MemoryMachine.TestCase
 TestBufferMemory.settings = SETTINGS
 TestIVFPQMemory = IVFPQMachine.TestCase
 TestIVFPQMemory.settings = SETTINGS
+
+
+class SegmentsMachine(MemoryMachine):
+    config_name = "segments"
+
+
+TestSegmentedHotMemory = SegmentsMachine.TestCase
+TestSegmentedHotMemory.settings = SETTINGS
 
 
 class AutoMigrateMachine(MemoryMachine):

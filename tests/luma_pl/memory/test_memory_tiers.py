@@ -24,45 +24,6 @@ def exact(xb, ids, q, k):
     return index.search(q, k)
 
 
-@pytest.mark.parametrize("backend", ["hnsw", "flat"])
-def test_hot_matches_exact_and_filters_tombstones(backend):
-    rng = np.random.default_rng(0)
-    x, q = unit(rng, 600, 16), unit(rng, 20, 16)
-    ids = np.arange(1000, 1600)
-    hot = HotTier(16, backend, m=16, ef_search=256, tombstone_fraction=0.5)
-    hot.add(ids, x)
-    s, i = hot.search(q, 10)
-    d_ref, i_ref = exact(x, ids, q, 10)
-    np.testing.assert_array_equal(i, i_ref)
-    np.testing.assert_allclose(s, d_ref, rtol=1e-5)
-    gone = ids[::5]  # 20% removed: below the rebuild threshold for hnsw, so tombstones are filtered
-    hot.remove(gone)
-    if backend == "hnsw":
-        assert hot.tombstones == len(gone) and hot.rebuilds == 0
-    keep = ~np.isin(ids, gone)
-    s, i = hot.search(q, 10)
-    d_ref, i_ref = exact(x[keep], ids[keep], q, 10)
-    np.testing.assert_array_equal(i, i_ref)
-    assert not np.isin(i, gone).any()
-    np.testing.assert_allclose(hot.vectors(ids[1:3]), x[1:3])
-
-
-def test_hot_rebuilds_past_tombstone_threshold_and_counts_bytes():
-    rng = np.random.default_rng(1)
-    x = unit(rng, 300, 32)
-    hot = HotTier(32, "hnsw", m=8, tombstone_fraction=0.2)
-    hot.add(np.arange(300), x)
-    size = len(faiss.serialize_index(hot.index))
-    # our count (vectors, links, offsets, levels, ids, live flags) is within 5% of faiss' own bytes
-    assert abs(hot.nbytes() - 300 * 9 - size) / size < 0.05
-    hot.remove(np.arange(50))
-    assert hot.rebuilds == 0 and hot.tombstones == 50
-    hot.remove(np.arange(50, 70))  # 70/300 > 20%
-    assert hot.rebuilds == 1 and hot.tombstones == 0 and hot.rows == 230
-    s, i = hot.search(x[100:101], 1)
-    assert i[0, 0] == 100 and abs(s[0, 0] - 1) < 1e-5
-
-
 def test_hot_k_larger_than_items_pads():
     hot = HotTier(8, "hnsw", m=4)
     hot.add(np.array([7, 9]), unit(np.random.default_rng(2), 2, 8))
