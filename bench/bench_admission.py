@@ -40,6 +40,7 @@ from luma_pl.admission import (  # noqa: E402
     PrefilterConfig,
 )
 from luma_pl.memory import MemoryConfig, TieredMemory  # noqa: E402
+from luma_pl.memory.tiers import BUFFER, HOT, WARM  # noqa: E402
 from luma_pl.threads import limit_cpu_threads  # noqa: E402
 
 D = 512
@@ -53,22 +54,31 @@ def stream(n: int, seed: int = 0) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def mem_config(n: int, hot_frac: float = 1.0, background: bool = False, retrain_mode: str | None = None
-               ) -> MemoryConfig:
+def mem_config(n: int, hot_frac: float = 1.0, background: bool = False, retrain_mode: str | None = None,
+               **overrides) -> MemoryConfig:
     mode = {} if retrain_mode is None else {"retrain_mode": retrain_mode}
-    return MemoryConfig(dim=D, hot_max_items=int(hot_frac * n), hot_max_bytes=1 << 31, warm_max_items=n,
-                        warm_max_bytes=1 << 31, nlist=32, pq_m=64, pq_nbits=8, retrain_in_background=background,
-                        **mode)
+    return MemoryConfig(**{**dict(dim=D, hot_max_items=int(hot_frac * n), hot_max_bytes=1 << 31, warm_max_items=n,
+                                  warm_max_bytes=1 << 31, nlist=32, pq_m=64, pq_nbits=8,
+                                  retrain_in_background=background), **mode, **overrides})
+
+
+def memory_recall(mem: TieredMemory, q: np.ndarray, k: int = 10) -> float:
+    """Recall@k of the memory's (rescored) search against exact search over every live item."""
+    keys = np.concatenate([mem.keys_in(t) for t in (HOT, WARM, BUFFER)])
+    exact = mem.ids[keys][np.argsort(-(q @ mem.originals.get(keys).T), axis=1)[:, :k]]
+    got = mem.search(q, k, record_hits=False).ids
+    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(got, exact, strict=True)]))
 
 
 def run_pipeline(x: np.ndarray, batch: int, hot_frac: float = 1.0, background: bool = False,
-                 retrain_mode: str | None = None) -> tuple[float, np.ndarray, dict]:
+                 retrain_mode: str | None = None, queries: np.ndarray | None = None,
+                 overrides: dict | None = None) -> tuple[float, np.ndarray, dict]:
     n = len(x)
     cfg = AdmissionConfig(prefilter=PrefilterConfig(basis="adaptive", threshold_mode="quantile", alpha=0.05,
                                                     window=1024, interval=1024),
                           cluster=ClusterConfig(m=150), counter=CounterConfig(policy="space_saving", capacity=100))
     pipe = AdmissionPipeline(cfg, D)
-    mem = TieredMemory(mem_config(n, hot_frac, background, retrain_mode))
+    mem = TieredMemory(mem_config(n, hot_frac, background, retrain_mode, **(overrides or {})))
     keep = np.zeros(n, bool)
     t0 = time.perf_counter()
     for s in range(0, n, batch):
@@ -81,7 +91,8 @@ def run_pipeline(x: np.ndarray, batch: int, hot_frac: float = 1.0, background: b
             "hot_rebuilds": mem.hot.rebuilds, "warm_trainings": mem.warm.trainings,
             "retrain_waits": mem.counters["retrain_waits"], "retrain_wait_ms": mem.counters["retrain_wait_ms"],
             "retrain_mode": mem.cfg.retrain_mode, "retrain_ms": mem.counters["retrain_ms"],
-            "retrain_encode_ms": mem.counters["retrain_encode_ms"]}
+            "retrain_encode_ms": mem.counters["retrain_encode_ms"],
+            "recall_at_10": memory_recall(mem, queries) if queries is not None else None}
     # where each row ended up: 0 hot, 1 warm, -1 never admitted
     route = np.full(n, -1)
     route[keep] = [0 if mem.location(i) == "hot" else 1 for i in np.flatnonzero(keep).tolist()]
@@ -129,13 +140,22 @@ def main(argv=None) -> dict:
                     help="MemoryConfig.retrain_mode for drift retrainings (default: the config's default)")
     ap.add_argument("--hot-frac", dest="hot_frac", type=float, default=1.0,
                     help="hot budget as a fraction of N (< 1: the steady state with a full hot tier)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="a MemoryConfig override key=value (repeatable), e.g. retrain_drift_factor=2.0")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
     limit_cpu_threads()
-    x = stream(args.n)
+    x = stream(args.n + 200)
+    x, q = x[: args.n], x[args.n:]  # queries from the stream's latest topics
+    overrides = {}
+    for spec in args.overrides:
+        key, value = spec.split("=", 1)
+        default = getattr(MemoryConfig, key)
+        overrides[key] = (value == "True") if isinstance(default, bool) else type(default)(value)
     pipe_s, raw_s = [], []
     for _ in range(args.repeats):
-        dt, route, info = run_pipeline(x, args.batch, args.hot_frac, args.background, args.retrain_mode)
+        dt, route, info = run_pipeline(x, args.batch, args.hot_frac, args.background, args.retrain_mode, q,
+                                       overrides)
         pipe_s.append(dt)
         raw_s.append(run_raw(x, args.batch, route, info["train_size"]))
     p, r = float(np.median(pipe_s)), float(np.median(raw_s))
@@ -147,7 +167,9 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = (("" if args.hot_frac >= 1 else f"_hot{args.hot_frac:g}") + ("_bg" if args.background else "")
-           + (f"_{args.retrain_mode}" if args.retrain_mode else ""))
+           + (f"_{args.retrain_mode}" if args.retrain_mode else "")
+           + "".join(f"_{k}{v}" for k, v in overrides.items()))
+    res["overrides"] = overrides
     (out / f"admission_bench{tag}.json").write_text(json.dumps(res, indent=1))
     what = ("raw faiss (same hot/warm rows)" if args.hot_frac >= 1 else
             f"steady state, hot budget {args.hot_frac:g} x N; raw faiss places each row once in its final tier")
@@ -156,6 +178,7 @@ def main(argv=None) -> dict:
         f"{args.repeats}: pipeline {args.n / p:.0f} vec/s, {what} {args.n / r:.0f} vec/s, "
         f"ratio {r / p:.2f}x (target >= 0.8x with room in hot). Hot {info['hot']}, warm {info['warm']}, "
         f"dropped {info['dropped']}; demotions {info['demotions']}, hot graph rebuilds {info['hot_rebuilds']}, "
+        f"recall@10 of the memory vs exact over its live items {info['recall_at_10']:.3f}; "
         f"warm trainings {info['warm_trainings']} (retrain_mode {info['retrain_mode']}, "
         f"{info['retrain_ms']} ms retraining, of which {info['retrain_encode_ms']} ms re-encoding)"
         + (f" (in a worker process; installs that waited {info['retrain_waits']}, {info['retrain_wait_ms']} ms)"

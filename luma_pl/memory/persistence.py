@@ -40,6 +40,7 @@ def _arrays(memory: TieredMemory) -> dict[str, np.ndarray]:
     return {
         **memory.hot.state_arrays(),  # hot_index, hot_ids, hot_live, hot_segments
         "warm_index": w.index_bytes(),
+        "warm_generations": w.generation_table(),
         "warm_buf_ids": w.buf_ids,
         "warm_buf_vecs": w.buf_vecs,
         "warm_recent": w.recent_zeta(),
@@ -55,7 +56,7 @@ def _arrays(memory: TieredMemory) -> dict[str, np.ndarray]:
 
 _ARRAY_NAMES = ("hot_index", "hot_ids", "hot_live", "warm_index", "warm_buf_ids", "warm_buf_vecs", "warm_recent",
                 "ids", "locations", "hits", "last_access", "zeta")
-_OPTIONAL_ARRAYS = ("hot_segments", "retrain_keys", "labels", *(f"migration_{n}" for n in MIGRATION_ARRAYS),
+_OPTIONAL_ARRAYS = ("hot_segments", "warm_generations", "retrain_keys", "labels", *(f"migration_{n}" for n in MIGRATION_ARRAYS),
                     *(f"migration_counter_{n}" for n in MIGRATION_COUNTER_ARRAYS))
 """Absent from snapshots written before these were kept."""
 
@@ -71,6 +72,7 @@ def _scalars(memory: TieredMemory) -> dict:
         "hot_segment_drops": memory.hot.drops,
         "warm_train_zeta_mean": memory.warm.train_zeta_mean,
         "warm_trainings": memory.warm.trainings,
+        "warm_merges": memory.warm.merges,
         "retrain_at": int(memory.retrain_at),
         "migration": migration_scalars(memory.migration),
     }

@@ -27,6 +27,18 @@ score-noise scale) before merging with exact hot scores gained at most +0.03 Rec
 0.428 -> 0.450 at alpha 2; hot 25%: 0.423 -> 0.454) and lost at alpha 4 (0.412 / 0.373): the loss is
 PQ noise inside the warm ranking, not the merge, and only rescoring fixes it.
 
+Generations (``MemoryConfig.warm_generations``): a drift retraining does not re-encode the tier.
+It installs the new quantizers as a new *generation* (an IVFPQ of its own) that encodes every
+arrival from then on, while the older generations keep their codes and keep serving; search asks
+every generation (nprobe lists each, so the codes scanned are the same share of the tier as with one
+index) and merges the candidates, which rescoring makes exact anyway. Past ``warm_generations``
+the smallest older generation is merged into the newest: its items are re-encoded from the
+originals. Re-encoding the whole tier at each retraining made a long stream quadratic (every
+retraining touched every warm item); with generations an item is re-encoded only when its
+generation is merged. Each generation's quantizers, lists and tables are in ``fixed_bytes``.
+The pq_floor bound stays valid: an item its generation did not return has PQ score <= that
+generation's k-th, which is <= the merged k-th.
+
 GPU (``warm_backend='gpu_ivfpq'``): the CPU IndexIVFPQ stays the source of truth (encoding, zeta,
 ids, removal); a ``GpuIndexIVFPQ`` copy answers searches and is refreshed from it (``copyFrom``)
 before the first search after any change. Its device memory is not in the RAM budget.
@@ -34,6 +46,7 @@ before the first search after any change. Its device memory is not in the RAM bu
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 
 import faiss
@@ -43,6 +56,28 @@ from luma_pl.memory.config import MemoryConfig
 from luma_pl.memory.retrain import new_ivfpq, train_ivfpq
 
 
+@dataclasses.dataclass
+class Generation:
+    """One IVFPQ of the warm tier: its codes were made with its own quantizers."""
+
+    index: faiss.IndexIVFPQ
+    count: int = 0  # codes held
+    list_cap: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))  # per list
+    gpu: object | None = None  # GpuIndexIVFPQ copy; None = stale
+
+    def keys(self) -> np.ndarray:
+        inv = self.index.invlists
+        parts = [faiss.rev_swig_ptr(inv.get_ids(i), inv.list_size(i)).copy()
+                 for i in range(inv.nlist) if inv.list_size(i)]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+    def fixed_bytes(self, dim: int) -> int:
+        """Coarse centroids, PQ codebooks, list headers and precomputed tables."""
+        ix = self.index
+        return int(ix.nlist * dim * 4 + ix.pq.M * ix.pq.ksub * ix.pq.dsub * 4 + ix.nlist * 2 * 64
+                   + ix.precomputed_table.size() * 4)
+
+
 class WarmTier:
     def __init__(self, cfg: MemoryConfig, item_bytes: int = 0):
         self.cfg = cfg
@@ -50,13 +85,14 @@ class WarmTier:
         self.dim = cfg.dim
         self.nlist = cfg.resolved_nlist()
         self.train_size = cfg.train_size()
-        self.index: faiss.IndexIVFPQ | None = None
+        self.gens: list[Generation] = []  # oldest first; the last one encodes new arrivals
         self.ivf_count = 0
+        self.merges = 0  # generations re-encoded into the newest
+        self._gen_of = np.full(0, -1, dtype=np.int16)  # key -> generation position (-1: none)
         # exact buffer: (b, d) vectors and (b,) ids; row order = arrival order
         self._buf = np.empty((0, self.dim), dtype=np.float32)  # (capacity, d); first _nbuf rows used
         self._buf_id = np.empty(0, dtype=np.int64)
         self._nbuf = 0
-        self._list_cap = np.zeros(0, dtype=np.int64)  # per IVF list: std::vector capacity (entries)
         self.train_zeta_mean = 0.0
         self._recent = deque(maxlen=cfg.zeta_window)
         self.trainings = 0
@@ -64,7 +100,6 @@ class WarmTier:
         if self.gpu and not (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0):
             raise ValueError("warm_backend='gpu_ivfpq' needs faiss with GPU support and a CUDA device; use 'ivfpq'")
         self._gpu_res = faiss.StandardGpuResources() if self.gpu else None
-        self._gpu_index = None  # GpuIndexIVFPQ copy; None = stale
 
     @property
     def buf_vecs(self) -> np.ndarray:
@@ -78,28 +113,25 @@ class WarmTier:
 
     # -- sizes ---------------------------------------------------------------------------------
     @property
+    def index(self) -> faiss.IndexIVFPQ | None:
+        """The newest generation's index (the one that encodes), None before the first training."""
+        return self.gens[-1].index if self.gens else None
+
+    @property
     def trained(self) -> bool:
-        return self.index is not None
+        return bool(self.gens)
 
     def __len__(self) -> int:
         return self.ivf_count + len(self.buf_ids)
 
     def fixed_bytes(self) -> int:
-        """Bytes that do not scale with items: coarse centroids, PQ codebooks, list headers."""
-        if self.index is None:
-            return 0
-        ix = self.index
-        centroids = self.nlist * self.dim * 4
-        codebooks = ix.pq.M * ix.pq.ksub * ix.pq.dsub * 4
-        lists = self.nlist * 2 * 64  # two MaybeOwnedVector headers (codes, ids) per list
-        tables = ix.precomputed_table.size() * 4
-        return int(centroids + codebooks + lists + tables)
+        """Bytes that do not scale with items, per generation: coarse centroids, PQ codebooks, list
+        headers (two MaybeOwnedVector per list), precomputed tables."""
+        return int(sum(g.fixed_bytes(self.dim) for g in self.gens))
 
     def list_spare_bytes(self) -> int:
         """Spare capacity of the inverted lists: (capacity - size) x (code + 8-byte id) bytes."""
-        if self.index is None:
-            return 0
-        return int((int(self._list_cap.sum()) - self.ivf_count) * (self.index.code_size + 8))
+        return int(sum((int(g.list_cap.sum()) - g.count) * (g.index.code_size + 8) for g in self.gens))
 
     def bytes_per_code(self) -> int:
         """Bytes per IVF item: PQ code + 8-byte id in its list + 4-byte zeta float."""
@@ -122,7 +154,7 @@ class WarmTier:
         """Add exact (n, d) vectors; return zeta (n,) float32 (0 for items left in the buffer)."""
         if len(ids) == 0:
             return np.empty(0, dtype=np.float32)
-        if self.index is None:
+        if not self.gens:
             self._buf_reserve(self._nbuf + len(ids))
             self._buf[self._nbuf : self._nbuf + len(ids)] = vectors
             self._buf_id[self._nbuf : self._nbuf + len(ids)] = ids
@@ -150,35 +182,50 @@ class WarmTier:
         self._buf_id = np.asarray(ids, dtype=np.int64).copy()
         self._nbuf = len(self._buf_id)
 
-    def _encode_add(self, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    def _encode_add(self, ids: np.ndarray, vectors: np.ndarray, record: bool = True) -> np.ndarray:
+        """Encode into the newest generation; ``record``: count the zetas in the drift window (not
+        for a merge, whose items are not arrivals)."""
         x = np.ascontiguousarray(vectors, dtype=np.float32)
-        codes = self.index.sa_encode(x)  # (n, code bytes incl. list number)
-        zeta = np.linalg.norm(x - self.index.sa_decode(codes), axis=1).astype(np.float32)
-        self.index.add_sa_codes(codes, np.ascontiguousarray(ids, dtype=np.int64))
+        g = self.gens[-1]
+        codes = g.index.sa_encode(x)  # (n, code bytes incl. list number)
+        zeta = np.linalg.norm(x - g.index.sa_decode(codes), axis=1).astype(np.float32)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        g.index.add_sa_codes(codes, ids)
+        g.count += len(ids)
         self.ivf_count += len(ids)
-        self._grow_list_caps(codes)
-        self._recent.extend(zeta.tolist())
-        self._gpu_index = None
+        self._set_gen(ids, len(self.gens) - 1)
+        self._grow_list_caps(g, codes)
+        if record:
+            self._recent.extend(zeta.tolist())
+        g.gpu = None
         return zeta
 
-    def _grow_list_caps(self, codes: np.ndarray) -> None:
+    def _set_gen(self, keys: np.ndarray, gen: int) -> None:
+        if len(keys) and keys.max() >= len(self._gen_of):
+            grown = np.full(max(int(keys.max()) + 1, 2 * len(self._gen_of)), -1, dtype=np.int16)
+            grown[: len(self._gen_of)] = self._gen_of
+            self._gen_of = grown
+        self._gen_of[keys] = gen
+
+    @staticmethod
+    def _grow_list_caps(g: Generation, codes: np.ndarray) -> None:
         """Update each touched list's capacity: next power of two of its size (one Python call per
         touched list, never per item)."""
-        nb = self.index.coarse_code_size()
+        nb = g.index.coarse_code_size()
         lists = np.zeros(len(codes), dtype=np.int64)
         for b in range(nb):  # little-endian list number in the first bytes of each code
             lists |= codes[:, b].astype(np.int64) << (8 * b)
-        inv = self.index.invlists
+        inv = g.index.invlists
         touched = np.unique(lists)
         sizes = np.fromiter((inv.list_size(int(i)) for i in touched), dtype=np.int64, count=len(touched))
-        cap = self._list_cap[touched]
+        cap = g.list_cap[touched]
         # one entry at a time: a full vector of capacity c reallocates to 2c (0 -> 1)
         base = np.maximum(cap, 1)
         doublings = np.ceil(np.log2(np.maximum(sizes, 1) / base)).clip(min=0).astype(np.int64)
-        self._list_cap[touched] = np.where(sizes > cap, base << doublings, cap)
+        g.list_cap[touched] = np.where(sizes > cap, base << doublings, cap)
 
     def ready_to_train(self) -> bool:
-        return self.index is None and len(self.buf_ids) >= self.train_size
+        return not self.gens and len(self.buf_ids) >= self.train_size
 
     def train_sample(self, n: int) -> np.ndarray:
         """Sorted positions of the (seeded) training sample among n candidate rows: all of them when
@@ -220,9 +267,9 @@ class WarmTier:
         else:
             index = trained
         index.nprobe = self.cfg.resolved_nprobe(self.nlist)
-        self.index = index
+        self.gens = [Generation(index, 0, np.zeros(self.nlist, dtype=np.int64))]
         self.ivf_count = 0
-        self._list_cap = np.zeros(self.nlist, dtype=np.int64)
+        self._gen_of[:] = -1
         self._set_buffer(np.empty(0, np.int64), np.empty((0, self.dim), np.float32))
         self._recent.clear()
         zeta = self._encode_add(ids, vectors)
@@ -230,9 +277,61 @@ class WarmTier:
         self.trainings += 1
         return zeta
 
+    def add_generation(self, index: faiss.IndexIVFPQ, sample: np.ndarray) -> None:
+        """Install a retrained index as the newest generation (it encodes arrivals from now on; no
+        code is re-encoded). The drift reference is the mean zeta of the ``sample`` it was trained
+        on, under its own codes."""
+        index.nprobe = self.cfg.resolved_nprobe(self.nlist)
+        self.gens.append(Generation(index, 0, np.zeros(self.nlist, dtype=np.int64)))
+        x = np.ascontiguousarray(sample, dtype=np.float32)
+        zeta = np.linalg.norm(x - index.sa_decode(index.sa_encode(x)), axis=1) if len(x) else np.zeros(1)
+        self.train_zeta_mean = float(zeta.mean())
+        self._recent.clear()
+        self.trainings += 1
+
+    def generation_to_merge(self) -> int | None:
+        """Position of the generation to re-encode into the newest: the smallest older one, once
+        there are more than ``warm_generations``; None otherwise."""
+        if len(self.gens) <= max(1, self.cfg.warm_generations):
+            return None
+        return int(np.argmin([g.count for g in self.gens[:-1]]))
+
+    def generation_keys(self, pos: int) -> np.ndarray:
+        """Keys coded in generation ``pos`` (list order)."""
+        return self.gens[pos].keys()
+
+    def drop_generation(self, pos: int) -> None:
+        """Remove an older generation and all its codes (the caller re-encodes its items)."""
+        if pos == len(self.gens) - 1:
+            raise ValueError("the newest warm generation encodes arrivals; it cannot be dropped")
+        g = self.gens.pop(pos)
+        self.ivf_count -= g.count
+        self._gen_of[self._gen_of == pos] = -1
+        self._gen_of[self._gen_of > pos] -= 1
+
+    def merge(self, pos: int, vectors_of) -> tuple[np.ndarray, np.ndarray]:
+        """Re-encode generation ``pos`` into the newest: its keys and their new zetas.
+        ``vectors_of(keys)`` gives exact vectors (the memory's originals)."""
+        keys = self.generation_keys(pos)
+        self.drop_generation(pos)
+        zeta = self._encode_add(keys, vectors_of(keys), record=False)
+        self.merges += 1
+        return keys, zeta
+
+    def reconstruct(self, keys: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """(n, d) what each IVF key's PQ score is computed from: decode(encode(x)) with the
+        quantizers of the key's own generation (faiss encoding is deterministic)."""
+        gen = self._gen_of[np.asarray(keys, np.int64)]
+        out = np.array(x, dtype=np.float32)
+        for pos in np.unique(gen[gen >= 0]):
+            sel = gen == pos
+            ix = self.gens[pos].index
+            out[sel] = ix.sa_decode(ix.sa_encode(np.ascontiguousarray(out[sel])))
+        return out
+
     def needs_retrain(self) -> bool:
         """Mean zeta of the recent window (full) exceeds factor x the mean at training time."""
-        if self.index is None or len(self._recent) < self._recent.maxlen or self.train_zeta_mean <= 0:
+        if not self.gens or len(self._recent) < self._recent.maxlen or self.train_zeta_mean <= 0:
             return False
         return float(np.mean(self._recent)) > self.cfg.retrain_drift_factor * self.train_zeta_mean
 
@@ -246,50 +345,78 @@ class WarmTier:
             self._set_buffer(self.buf_ids[keep], self.buf_vecs[keep])  # compacts: no spare rows left
         ivf = np.ascontiguousarray(ids[~in_buffer], dtype=np.int64)
         if len(ivf):
-            removed = self.index.remove_ids(faiss.IDSelectorBatch(ivf))
-            if removed != len(ivf):
-                raise RuntimeError(f"warm IVF removed {removed} of {len(ivf)} ids: bookkeeping is broken")
-            self.ivf_count -= len(ivf)
-            self._gpu_index = None
+            gen = self._gen_of[ivf] if ivf.max() < len(self._gen_of) else np.full(len(ivf), -1, np.int16)
+            if (gen < 0).any():
+                raise RuntimeError(f"warm IVF id {int(ivf[gen < 0][0])} is in no generation: bookkeeping is broken")
+            for pos in np.unique(gen)[::-1]:  # newest first: dropping an emptied one keeps lower positions
+                g, mine = self.gens[pos], ivf[gen == pos]
+                removed = g.index.remove_ids(faiss.IDSelectorBatch(mine))
+                if removed != len(mine):
+                    raise RuntimeError(f"warm IVF removed {removed} of {len(mine)} ids: bookkeeping is broken")
+                g.count -= len(mine)
+                self.ivf_count -= len(mine)
+                self._gen_of[mine] = -1
+                g.gpu = None
+                if g.count == 0 and pos < len(self.gens) - 1:
+                    self.drop_generation(int(pos))
 
     def compact_lists(self) -> None:
         """Copy every inverted list into a fresh one allocated to its size: spare capacity becomes 0.
         One Python call per list (not per item); the codes and ids are unchanged."""
-        if self.index is None:
-            return
-        inv = self.index.invlists
-        fresh = faiss.ArrayInvertedLists(self.nlist, self.index.code_size)
-        for i in range(self.nlist):
-            n = inv.list_size(i)
-            if n:
-                fresh.add_entries(i, n, inv.get_ids(i), inv.get_codes(i))
-        self.index.replace_invlists(fresh, True)
-        fresh.this.disown()  # owned by the index now
-        self._list_cap = np.array([fresh.list_size(i) for i in range(self.nlist)], dtype=np.int64)
-        self._gpu_index = None
+        for g in self.gens:
+            inv = g.index.invlists
+            fresh = faiss.ArrayInvertedLists(g.index.nlist, g.index.code_size)
+            for i in range(g.index.nlist):
+                n = inv.list_size(i)
+                if n:
+                    fresh.add_entries(i, n, inv.get_ids(i), inv.get_codes(i))
+            g.index.replace_invlists(fresh, True)
+            fresh.this.disown()  # owned by the index now
+            g.list_cap = np.array([fresh.list_size(i) for i in range(g.index.nlist)], dtype=np.int64)
+            g.gpu = None
 
     def buffer_vectors(self, ids: np.ndarray) -> np.ndarray:
         pos = {int(i): p for p, i in enumerate(self.buf_ids.tolist())}
         return self.buf_vecs[[pos[int(i)] for i in ids]]
 
     # -- search --------------------------------------------------------------------------------
-    def search_ivf(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """PQ-approximate top-k: scores (Q, k), ids (Q, k); -inf / -1 padded."""
+    def search_ivf(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """PQ-approximate candidates from every generation: scores (Q, c), ids (Q, c) sorted by PQ
+        score (c = k x generations holding codes; -inf / -1 padded), and per query the floor: the
+        largest k-th PQ score of a generation that returned k candidates (-inf if none did). A warm
+        item of a probed list that was not returned has PQ score <= its generation's k-th <= floor.
+        Each generation's k best are kept whole (no merged cut), so a generation whose PQ scores
+        run lower than another's loses nothing to it before rescoring."""
         nq = len(queries)
-        if self.index is None or self.ivf_count == 0 or k == 0:
-            return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
-        index = self.index
+        empty = np.full(nq, -np.inf, np.float32)
+        if not self.gens or self.ivf_count == 0 or k == 0:
+            return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64), empty
+        parts = [self._search_generation(g, queries, k) for g in self.gens if g.count]
+        floor = empty
+        for d, i in parts:
+            floor = np.maximum(floor, np.where(i[:, -1] >= 0, d[:, -1], -np.inf)).astype(np.float32)
+        if len(parts) == 1:
+            d, i = parts[0]
+        else:
+            d = np.concatenate([p[0] for p in parts], axis=1)
+            i = np.concatenate([p[1] for p in parts], axis=1)
+            d = np.where(i >= 0, d, -np.inf)
+            order = np.argsort(-d, axis=1, kind="stable")
+            d, i = np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
+        if (i >= 0).all():
+            return d.astype(np.float32, copy=False), i, floor
+        return np.where(i >= 0, d, -np.inf).astype(np.float32), i, floor
+
+    def _search_generation(self, g: Generation, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        index = g.index
         if self.gpu:
-            if self._gpu_index is None:
+            if g.gpu is None:
                 co = faiss.GpuClonerOptions()
                 co.useFloat16 = True  # float16 lookup tables: needed for large pq_m on GPU
-                self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, self.index, co)
-            index = self._gpu_index
-            index.nprobe = self.index.nprobe
-        d, i = index.search(queries, k)
-        if (i >= 0).all():
-            return d, i
-        return np.where(i >= 0, d, -np.inf).astype(np.float32), i
+                g.gpu = faiss.index_cpu_to_gpu(self._gpu_res, 0, g.index, co)
+            g.gpu.nprobe = g.index.nprobe
+            index = g.gpu
+        return index.search(queries, k)
 
     def search_buffer(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact brute-force top-k over the buffer: scores (Q, k), ids (Q, k); -inf / -1 padded."""
@@ -311,24 +438,43 @@ class WarmTier:
         return np.asarray(list(self._recent), dtype=np.float32)
 
     def index_bytes(self) -> np.ndarray:
-        if self.index is None:
-            return np.empty(0, dtype=np.uint8)
-        return faiss.serialize_index(self.index)
+        """Every generation's serialised index, back to back (oldest first; see ``generation_table``)."""
+        blobs = [faiss.serialize_index(g.index) for g in self.gens]
+        return np.concatenate(blobs) if blobs else np.empty(0, dtype=np.uint8)
+
+    def generation_table(self) -> np.ndarray:
+        """(generations,) serialised bytes of each generation's index, in ``index_bytes`` order."""
+        return np.asarray([len(faiss.serialize_index(g.index)) for g in self.gens], dtype=np.int64)
 
     def restore(self, blob: np.ndarray, buf_ids: np.ndarray, buf_vecs: np.ndarray, recent: np.ndarray,
-                train_zeta_mean: float, trainings: int) -> None:
-        if len(blob):
-            index = faiss.deserialize_index(np.asarray(blob, dtype=np.uint8))  # already downcast, owning
-            self.index = index
+                train_zeta_mean: float, trainings: int, table: np.ndarray | None = None,
+                merges: int = 0) -> None:
+        """Inverse of ``index_bytes`` + buffer + drift window; ``table`` (``generation_table``) is
+        absent from snapshots written before generations: one index."""
+        blob = np.asarray(blob, dtype=np.uint8)
+        if table is None:
+            sizes = [len(blob)] if len(blob) else []
+        else:
+            sizes = [int(n) for n in np.asarray(table).ravel()]
+        if sum(sizes) != len(blob) or any(n <= 0 for n in sizes):
+            raise ValueError(f"warm tier: generation table {sizes} does not match {len(blob)} index bytes")
+        self.gens, self.ivf_count = [], 0
+        self._gen_of = np.full(0, -1, dtype=np.int16)
+        at = 0
+        for n in sizes:
+            index = faiss.deserialize_index(blob[at:at + n])  # already downcast, owning
+            at += n
             self.nlist = index.nlist
             index.nprobe = self.cfg.resolved_nprobe(self.nlist)
-            self.ivf_count = int(index.ntotal)
-            # deserialised lists are allocated to their exact sizes
-            inv = index.invlists
-            self._list_cap = np.array([inv.list_size(i) for i in range(self.nlist)], dtype=np.int64)
-            self._gpu_index = None
+            inv = index.invlists  # deserialised lists are allocated to their exact sizes
+            g = Generation(index, int(index.ntotal),
+                           np.array([inv.list_size(i) for i in range(index.nlist)], dtype=np.int64))
+            self.gens.append(g)
+            self.ivf_count += g.count
+            self._set_gen(g.keys(), len(self.gens) - 1)
         self._set_buffer(buf_ids, buf_vecs)
         self._recent.clear()
         self._recent.extend(recent.tolist())
         self.train_zeta_mean = float(train_zeta_mean)
         self.trainings = int(trainings)
+        self.merges = int(merges)

@@ -142,7 +142,7 @@ def candidate_vectors(memory, ids: np.ndarray, approximate: bool) -> tuple[np.nd
         pq = found & (memory.locations[keys] == WARM)
         if pq.any():
             xs = np.ascontiguousarray(x[pq])
-            x[pq] = memory.warm.index.sa_decode(memory.warm.index.sa_encode(xs))
+            x[pq] = memory.warm.reconstruct(keys[pq], xs)  # each key with its own generation's codes
     return x, found
 
 

@@ -19,7 +19,8 @@ D = 16
 def cfg(**kw) -> MemoryConfig:
     base = dict(dim=D, hot_max_items=0, hot_max_bytes=1 << 20, warm_max_items=5000, warm_max_bytes=1 << 24,
                 nlist=2, pq_m=4, pq_nbits=4, train_points_per_centroid=20, zeta_window=64,
-                retrain_drift_factor=1.2, retrain_in_background=True, retrain_lag_inserts=3)
+                retrain_drift_factor=1.2, retrain_in_background=True, retrain_lag_inserts=3,
+                warm_generations=1)  # one index, re-encoded at each retraining (generations: test_memory_warm.py)
     return MemoryConfig(**{**base, **kw})
 
 
@@ -170,7 +171,7 @@ DC = 32
 
 def cheap_cfg(**kw) -> MemoryConfig:
     base = dict(dim=DC, hot_max_items=0, hot_max_bytes=1 << 20, warm_max_items=5000, warm_max_bytes=1 << 24,
-                nlist=8, pq_m=8, pq_nbits=4, zeta_window=256, retrain_drift_factor=1.3)
+                nlist=8, pq_m=8, pq_nbits=4, zeta_window=256, retrain_drift_factor=1.3, warm_generations=1)
     return MemoryConfig(**{**base, **kw})  # train_size 39 x 16 = 624
 
 

@@ -245,8 +245,9 @@ def test_bytes_by_tier_charges_bookkeeping_and_list_capacity(rng):
     w = m.warm
     inv = w.index.invlists
     sizes = np.array([inv.list_size(i) for i in range(w.nlist)])
-    assert (w._list_cap >= sizes).all()  # capacity tracked per list, never below the size
-    assert w.list_spare_bytes() == (w._list_cap.sum() - sizes.sum()) * (w.index.code_size + 8)
+    cap = w.gens[-1].list_cap
+    assert len(w.gens) == 1 and (cap >= sizes).all()  # capacity tracked per list, never below the size
+    assert w.list_spare_bytes() == (cap.sum() - sizes.sum()) * (w.index.code_size + 8)
     assert b["warm"] == w.fixed_bytes() + s["warm"] * (w.index.code_size + 12 + ITEM_BOOKKEEPING_BYTES) + w.list_spare_bytes()
     m.evict(np.arange(100))  # evicted ids stay known: their bookkeeping is outside the budgets
     assert m.bytes_by_tier()["bookkeeping"] > b["bookkeeping"]
@@ -383,7 +384,7 @@ def test_pq_floor_bounds_every_unreturned_item_and_tightens_the_closing_term(rng
     res = m.search(q, 6, oversample=3, rescore=True, record_hits=False)
     assert res.pq_floor is not None and res.pq_floor.shape == (40,) and np.isfinite(res.pq_floor).all()
     # the floor is the PQ score of the last of the k * oversample warm candidates
-    ws, _ = m.warm.search_ivf(q, 18)
+    ws, _, _ = m.warm.search_ivf(q, 18)
     np.testing.assert_allclose(res.pq_floor, ws[:, -1], rtol=1e-6)
     exact = q @ x.T
     for i in range(40):

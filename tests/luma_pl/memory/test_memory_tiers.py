@@ -54,12 +54,12 @@ def test_warm_buffer_exact_then_trains_and_zeta_is_reconstruction_error():
     codes = warm.index.sa_encode(x)
     np.testing.assert_allclose(z, np.linalg.norm(x - warm.index.sa_decode(codes), axis=1), rtol=1e-5)
     # PQ scores are within zeta of the exact ones (|<q, x - x_hat>| <= ||q|| zeta)
-    s, i = warm.search_ivf(q, 5)
+    s, i, _ = warm.search_ivf(q, 5)
     exact_s = np.einsum("qd,qkd->qk", q, x[i])
     assert (np.abs(s - exact_s) <= z[i] + 1e-5).all()
     warm.remove(np.arange(0, 400, 2), np.zeros(200, bool))
     assert warm.ivf_count == 200 and warm.index.ntotal == 200
-    _, i = warm.search_ivf(q, 50)
+    _, i, _ = warm.search_ivf(q, 50)
     assert not np.isin(i, np.arange(0, 400, 2)).any()
 
 
