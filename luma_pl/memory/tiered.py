@@ -510,6 +510,9 @@ class TieredMemory:
         self._trainer.submit(self.originals.get(keys), base=self.warm.index, **self.warm.retrain_params())
         self.retrain_keys = np.asarray(keys, np.int64)
         self.retrain_at = self.counters["insert_calls"] + c.retrain_lag_inserts if at is None else int(at)
+        # the worker's copies count against the warm budget until the install: the sample, the base
+        # quantizers it starts from and the index it builds
+        self.warm.worker_bytes = int(len(keys) * c.dim * 4 + 2 * self.warm.gens[-1].fixed_bytes(c.dim))
 
     def _install_retrained(self) -> None:
         """Install the background index (waiting for the worker if it is not done), see ``_install``."""
@@ -520,6 +523,7 @@ class TieredMemory:
         self.counters["retrain_wait_ms"] += int(1000 * (time.perf_counter() - t))
         sample = self.originals.get(self.retrain_keys)
         self.retrain_keys, self.retrain_at = np.empty(0, np.int64), -1
+        self.warm.worker_bytes = 0
         self._install(index, sample, t)
 
     # ------------------------------------------------------------------ migration

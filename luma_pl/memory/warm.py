@@ -88,6 +88,7 @@ class WarmTier:
         self.gens: list[Generation] = []  # oldest first; the last one encodes new arrivals
         self.ivf_count = 0
         self.merges = 0  # generations re-encoded into the newest
+        self.worker_bytes = 0  # set by the memory while a background retraining runs (see nbytes)
         self._gen_of = np.full(0, -1, dtype=np.int16)  # key -> generation position (-1: none)
         # exact buffer: (b, d) vectors and (b,) ids; row order = arrival order
         self._buf = np.empty((0, self.dim), dtype=np.float32)  # (capacity, d); first _nbuf rows used
@@ -144,10 +145,11 @@ class WarmTier:
 
     def nbytes(self) -> int:
         """RAM bytes: fixed structures + per code (code, id, zeta) + lists' spare capacity + the
-        buffer's allocated rows (vector + id + zeta slot each)."""
+        buffer's allocated rows (vector + id + zeta slot each) + ``worker_bytes`` (what a background
+        retraining holds in its process: the sample and two indexes' quantizers)."""
         spare_rows = len(self._buf_id) - self._nbuf
         return (self.fixed_bytes() + self.ivf_count * self.bytes_per_code() + self.list_spare_bytes()
-                + self._nbuf * self.bytes_per_buffered() + spare_rows * (self.dim * 4 + 8))
+                + self._nbuf * self.bytes_per_buffered() + spare_rows * (self.dim * 4 + 8) + self.worker_bytes)
 
     # -- mutation ------------------------------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:

@@ -140,3 +140,21 @@ def test_snapshots_keep_every_generation(tmp_path, via_state_dict):
 def test_warm_generations_is_validated():
     with pytest.raises(ValueError, match="warm_generations"):
         MemoryConfig(warm_generations=0).validate()
+
+
+def test_a_background_retraining_counts_its_copies_against_the_warm_budget():
+    x = topics()
+    mem = TieredMemory(cfg(retrain_in_background=True, retrain_lag_inserts=4))
+    seen = []
+
+    def watch(m):
+        if m.retrain_at >= 0:
+            seen.append(m.warm.worker_bytes)
+            assert m.warm.worker_bytes >= len(m.retrain_keys) * D * 4
+            assert m.warm.nbytes() <= m.cfg.warm_max_bytes
+        else:
+            assert m.warm.worker_bytes == 0
+    feed(mem, x[:3000], each=watch)
+    assert seen and mem.counters["retrains"] >= 1
+    mem.audit()
+    mem.close()
