@@ -177,11 +177,10 @@ def cheap_cfg(**kw) -> MemoryConfig:
 
 def topics(n: int = 3072, seed: int = 0) -> np.ndarray:
     """Unit vectors around 16 topic centres, the stream moving through the topics (zeta drifts)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((16, DC))
-    topic = np.minimum((np.arange(n) / n * 16).astype(int) + rng.integers(0, 3, n), 15)
-    x = (centres[topic] + 0.5 * rng.standard_normal((n, DC))).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    # imported here: the scripts below import this module without tests/ on the path
+    from vector_helpers import topic_stream
+
+    return topic_stream(n, DC, 16, seed)
 
 
 def quantizers(mem: TieredMemory) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,6 @@
 import json
 import os
 
-import faiss
 import numpy as np
 import pytest
 
@@ -12,16 +11,7 @@ from luma_pl.threads import limit_cpu_threads
 
 limit_cpu_threads()
 
-
-def unit(rng, n, d):
-    x = rng.standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def exact(xb, ids, q, k):
-    index = faiss.IndexIDMap(faiss.IndexFlatIP(xb.shape[1]))
-    index.add_with_ids(xb, ids)
-    return index.search(q, k)
+from vector_helpers import exact, unit  # noqa: E402
 
 
 def test_hot_k_larger_than_items_pads():

@@ -14,6 +14,9 @@ from luma_pl.memory.tiers import WARM
 from luma_pl.threads import limit_cpu_threads
 
 limit_cpu_threads()
+
+from vector_helpers import topic_stream  # noqa: E402
+
 D = 32
 
 
@@ -26,11 +29,7 @@ def cfg(**kw) -> MemoryConfig:
 
 def topics(n: int = 6000, seed: int = 0) -> np.ndarray:
     """Unit vectors around 24 topic centres, the stream moving through them (zeta drifts)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((24, D))
-    topic = np.minimum((np.arange(n) / n * 24).astype(int) + rng.integers(0, 2, n), 23)
-    x = (centres[topic] + 0.5 * rng.standard_normal((n, D))).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return topic_stream(n, D, 24, seed, jitter=2)
 
 
 def feed(mem: TieredMemory, x: np.ndarray, start: int = 0, stop: int | None = None, batch: int = 128,
