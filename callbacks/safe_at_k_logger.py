@@ -33,7 +33,7 @@ from luma_pl.stream.bridge import StreamBridge
 from luma_pl.stream.ids import batch_ids
 from luma_pl.stream.runtime import StreamRuntime
 from luma_pl.telemetry import functional as TF
-from luma_pl.telemetry.audit import OnlineAudit
+from luma_pl.telemetry.audit import OnlineAudit, calibrated_rates
 from luma_pl.telemetry.probes import probe_recall
 from luma_pl.telemetry.safe_at_k import SafeAtK
 
@@ -45,7 +45,8 @@ class SafeAtKLogger(Callback):
                  epsilon_value: float | None = None, rescore: bool = False, num_probes: int = 128,
                  recall_probes: int = 64, table_rows: int = 8, log_every_n_steps: int = 0,
                  query_space: str = "query_wordllama", item_space: str = "minilm", memory_attr: str = "memory",
-                 memory: dict | None = None, histograms: bool = True) -> None:
+                 memory: dict | None = None, histograms: bool = True, calibrated_alpha: float = 0.05,
+                 calibration_window: int = 16384) -> None:
         super().__init__()
         if candidates < k + 1:
             raise ValueError(f"candidates={candidates} must be >= k + 1 = {k + 1}: Safe@k needs the (k+1)-th score")
@@ -59,6 +60,7 @@ class SafeAtKLogger(Callback):
         self.query_space, self.item_space, self.memory_attr = query_space, item_space, memory_attr
         self.memory_config = dict(_DEFAULT_MEMORY, **(memory or {}))
         self.histograms = histograms
+        self.calibrated_alpha, self.calibration_window = float(calibrated_alpha), int(calibration_window)
         self._runtime = None  # this callback's own runtime, when the module has no memory
         self._probes: list[torch.Tensor] = []
         self._sharded = False  # set from the memory found on the module
@@ -77,6 +79,7 @@ class SafeAtKLogger(Callback):
         self.candidates = max(self.candidates, self.k + 1)
         self.epsilon_source, self.epsilon_value = config.epsilon_source, config.epsilon_value
         self.rescore = bool(config.rescore)
+        self.calibrated_alpha, self.calibration_window = float(config.calibrated_alpha), int(config.calibration_window)
 
     # ------------------------------------------------------------------ data
     def runtime_of(self, pl_module):
@@ -124,7 +127,8 @@ class SafeAtKLogger(Callback):
     def _ensure_audit(self) -> OnlineAudit:
         if self._audit is None:
             self._audit = OnlineAudit(self.probes, self.k, self.candidates, self.epsilon_source, self.epsilon_value,
-                                      self.rescore, distances="cap" if self._sharded else "vectors")
+                                      self.rescore, distances="cap" if self._sharded else "vectors",
+                                      alpha=self.calibrated_alpha, calibration_window=self.calibration_window)
             if self._audit_state is not None:
                 self._audit.load_state_dict(self._audit_state)
         return self._audit
@@ -193,10 +197,25 @@ class SafeAtKLogger(Callback):
             "violations": float(audit.get("violations", 0)),
             "flip_rate": (audit["flips_uncertified"] / audit["uncertified"]) if audit.get("uncertified") else float("nan"),
         }
+        m.update(radius_quantiles(cert))
+        m.update(self._calibrated(cert))
         if math.isfinite(choice.value):
             m["epsilon"] = choice.value
             m["epsilon_q_mean"] = float(rates["epsilon_mean"])
         return m, cert, res, choice
+
+    def _calibrated(self, cert: TF.Certificate) -> dict[str, float]:
+        """The calibrated mode, labelled apart: the probes' answers certified at the calibrated ε
+        (``eps < radius``, the same certificate) and the audit's realised rates with intervals."""
+        if self._audit is None:
+            return {}
+        eps = self._audit.calibration.epsilon()
+        out = {"calibrated_epsilon": eps if math.isfinite(eps) else float("nan"),
+               "calibrated_safe_at_1": float((cert.radius_at_1 > eps).double().mean()),
+               "calibrated_safe_at_k": float((cert.radius_at_k > eps).double().mean())}
+        rates = calibrated_rates(self._audit.totals, self.calibrated_alpha)
+        out.update({k: v for k, v in rates.items() if k != "alpha"})
+        return out
 
     def _reduce_sum(self, trainer, value: float) -> float:
         if trainer.world_size > 1:
@@ -229,14 +248,20 @@ class SafeAtKLogger(Callback):
                 v = v[np.isfinite(v)]
                 if len(v):
                     payload[f"{prefix}{name}_hist"] = wandb.Histogram(v)
+            for name in ("radius_at_1", "radius_at_k"):  # log10: radii span decades; 0 = uncertifiable
+                v = getattr(cert, name).numpy()
+                v = v[np.isfinite(v) & (v > 0)]
+                if len(v):
+                    payload[f"{prefix}log10_{name}_hist"] = wandb.Histogram(np.log10(v))
         cols = ["probe", "hits", "scores", "tiers", "zeta_1", "margin_top2", "epsilon_q", "epsilon_source",
-                "safe_at_1", "safe_at_k"]
+                "radius_at_1", "radius_at_k", "safe_at_1", "safe_at_k"]
         rows = []
         for i in range(min(self.table_rows, len(res.ids))):
             rows.append([i, " ".join(str(int(x)) for x in res.ids[i, : self.k]),
                          " ".join(f"{float(x):.4f}" for x in res.scores[i, : self.k]),
                          " ".join(str(int(x)) for x in res.tiers[i, : self.k]), float(cert.zeta_1[i]),
                          float(cert.margin_top2[i]), float(cert.epsilon[i]), choice.source,
+                         float(cert.radius_at_1[i]), float(cert.radius_at_k[i]),
                          bool(cert.safe_at_1[i]), bool(cert.safe_at_k[i])])
         payload[f"{prefix}samples"] = wandb.Table(columns=cols, data=rows)
         lg.experiment.log(payload)
@@ -254,3 +279,15 @@ class SafeAtKLogger(Callback):
         self._audit = None
 
 
+def radius_quantiles(cert: TF.Certificate) -> dict[str, float]:
+    """p10 / p50 / p90 of the probes' certified radii over the finite ones, the share that is 0 (not
+    certified at any drift) and the share that is +inf (nothing to check: certified at any drift)."""
+    out = {}
+    for name in ("radius_at_1", "radius_at_k"):
+        v = getattr(cert, name).numpy()
+        fin = v[np.isfinite(v)]
+        for p in (10, 50, 90):
+            out[f"{name}_p{p}"] = float(np.quantile(fin, p / 100)) if len(fin) else float("nan")
+        out[f"{name}_zero_share"] = float((v == 0).mean()) if len(v) else float("nan")
+        out[f"{name}_inf_share"] = float(np.isinf(v).mean()) if len(v) else float("nan")
+    return out

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from luma_pl.telemetry.latency import LatencyHistogram
+from luma_pl.telemetry.log_histogram import LogHistogram
 
 PLOTS = {
     "recall_over_time.png": ("Retrieval over the stream", [("recall@k", "Recall@k"), ("mrr@k", "MRR@k"),
@@ -18,14 +19,21 @@ PLOTS = {
     "safe_at_k_over_time.png": ("Certified answers", [("safe@1", "Safe@1 rate"), ("safe@k", "Safe@k rate"),
                                                        ("crude_safe@1", "crude rule @1")]),
     "latency_over_time.png": ("Query latency per query (single-query probes)", [("latency_p50_ms", "p50 ms"), ("latency_p99_ms", "p99 ms"), ("search_ms_per_query", "batched, per query")]),
+    "certified_radius_over_time.png": ("Certified radius of the answers vs the bridge's drift bound",
+                                       [("radius@1_p10", "radius@1 p10"), ("radius@1_p50", "radius@1 median"),
+                                        ("radius@1_p90", "radius@1 p90"), ("radius@k_p50", "radius@k median"),
+                                        ("mean_eps_q", "ε_q used (certified iff radius > ε_q)")],
+                                       {"yscale": "log", "ylabel": "normalised-score units"}),
 }
 
 
-def summarise(series: list[dict], k: int, latency: LatencyHistogram | None = None) -> dict:
+def summarise(series: list[dict], k: int, latency: LatencyHistogram | None = None,
+              radii: dict[str, LogHistogram] | None = None) -> dict:
     """Whole-run figures: query-weighted means of the rates (labelled-query rates weighted by the
     labelled queries each window scored), final memory state, and the per-query
     latency percentiles of every sample of the run (``latency``: the pooled histogram; without it,
-    the median of the windows' percentiles)."""
+    the median of the windows' percentiles), and the certified radii's quantiles over every sampled
+    answer (``radii``: pooled histograms by name; 0 = not certified at any drift)."""
     if not series:
         return {}
     q = np.array([p["queries"] for p in series], np.float64)
@@ -72,7 +80,19 @@ def summarise(series: list[dict], k: int, latency: LatencyHistogram | None = Non
             "duplicates_skipped": int(sum(p.get("duplicates_skipped", 0) for p in series)),
             "replay_skipped": int(sum(p.get("replay_skipped", 0) for p in series)),
             "replay_events_skipped": int(sum(p.get("replay_events_skipped", 0) for p in series)),
-            **labelled, "wall_s": last["wall_s"]}
+            **labelled, **radius_summary(radii, k), "wall_s": last["wall_s"]}
+
+
+def radius_summary(radii: dict[str, LogHistogram] | None, k: int) -> dict:
+    """p10 / p50 / p90 of each pooled radius histogram and the share of answers with radius 0."""
+    out = {}
+    for name, h in (radii or {}).items():
+        label = name.replace("@k", f"@{k}")
+        n = len(h)
+        for p in (0.1, 0.5, 0.9):
+            out[f"{label}_p{round(100 * p)}"] = h.quantile(p, underflow=0.0) if n else math.nan
+        out[f"{label}_zero_share"] = float(h.counts[0] / n) if n else math.nan
+    return out
 
 
 def write_report(series: list[dict], summary: dict, out_dir: str | Path, extra: dict | None = None) -> dict[str, Path]:
@@ -92,10 +112,18 @@ def write_report(series: list[dict], summary: dict, out_dir: str | Path, extra: 
     tmp.write_text(json.dumps(payload, indent=1))
     tmp.replace(paths["report"])
     x = [p["events"] for p in series]
-    for name, (title, curves) in PLOTS.items():
+    for name, (title, curves, *style) in PLOTS.items():
+        style = style[0] if style else {}
         fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
         for key, label in curves:
-            ax.plot(x, [p[key] for p in series], marker=".", label=label)
+            y = [p.get(key, math.nan) for p in series]
+            if style.get("yscale") == "log":  # zeros and inf have no place on a log axis
+                y = [v if isinstance(v, (int, float)) and 0 < v < math.inf else math.nan for v in y]
+            ax.plot(x, y, marker=".", label=label)
+        if style.get("yscale"):
+            ax.set_yscale(style["yscale"])
+        if style.get("ylabel"):
+            ax.set_ylabel(style["ylabel"])
         ax.set_xlabel("events ingested")
         ax.set_title(title)
         ax.grid(alpha=0.3)

@@ -52,6 +52,7 @@ from luma_pl.stream.pool import QueryReservoir
 from luma_pl.stream.runtime import StreamRuntime
 from luma_pl.telemetry.functional import EPSILON_SOURCES
 from luma_pl.telemetry.latency import LatencyHistogram, quantile
+from luma_pl.telemetry.log_histogram import BINS, LogHistogram
 from luma_pl.telemetry.resources import resident_set_bytes
 
 # window sums, all-reduced across ranks: one float64 vector in this order
@@ -67,6 +68,9 @@ query vector, ``labelled_relevant_unseen`` of the ``labelled_relevant`` ids list
 when the query was asked (a stream that asks about its future)."""
 
 SAMPLED, LABELLED = 0, 1
+RADII = ("radius@1", "radius@k")
+"""Certified radii of sampled answers, counted per window in log histograms (all-reduced with SUMS)."""
+RADIUS_QUANTILES = (0.1, 0.5, 0.9)
 
 
 @dataclasses.dataclass
@@ -282,6 +286,8 @@ class StreamEvaluator(pl.LightningModule):
         self._rng = np.random.default_rng(self.cfg.seed)
         self._pool = QueryReservoir(self.cfg.query_pool, self.stream_bridge.d_s)  # earlier events' queries
         self._latency = LatencyHistogram()  # the run's per-query latencies (all ranks, all windows)
+        # the run's certified radii of sampled answers (functional.Certificate.radius_at_1 / _at_k)
+        self.radii = {"radius@1": LogHistogram(), "radius@k": LogHistogram()}
         self._reset_window()
         self._t0 = time.perf_counter()
         self._events = 0
@@ -291,6 +297,7 @@ class StreamEvaluator(pl.LightningModule):
         self._sums = np.zeros(len(SUMS), np.float64)
         self._lat: list[float] = []  # batched search time / queries, per batch
         self._probe_lat = LatencyHistogram()  # this window's single-query latencies, this rank
+        self._radius = {name: LogHistogram() for name in RADII}  # this window's radii, this rank
         self._ingest_s = 0.0
 
     @property
@@ -415,6 +422,8 @@ class StreamEvaluator(pl.LightningModule):
         sampled = torch.from_numpy(kind == SAMPLED)
         fresh_t = torch.from_numpy(fresh)
         sums = self._sums
+        self._radius["radius@1"].add(cert.radius_at_1[sampled].numpy())
+        self._radius["radius@k"].add(cert.radius_at_k[sampled].numpy())
         for name, v in (("queries", sampled.sum()), ("hit", hit[sampled].sum()), ("recall", per["recall"][sampled].sum()),
                         ("mrr", per["mrr"][sampled].sum()), ("ndcg", per["ndcg"][sampled].sum()),
                         ("safe1", cert.safe_at_1[sampled].sum()), ("safek", cert.safe_at_k[sampled].sum()),
@@ -454,12 +463,19 @@ class StreamEvaluator(pl.LightningModule):
                 self._probe_lat.add(time.perf_counter() - t)
 
     def _close_window(self) -> None:
-        sums = torch.from_numpy(np.concatenate([self._sums, self._probe_lat.counts.astype(np.float64)]))
+        sums = torch.from_numpy(np.concatenate([self._sums, self._probe_lat.counts.astype(np.float64)]
+                                               + [self._radius[n].counts.astype(np.float64) for n in RADII]))
         lat = np.asarray(self._lat, np.float64)
         if initialised():
             dist.all_reduce(sums)  # counts < 2**53: exact in float64
-        probe_counts = sums[len(SUMS):].numpy().astype(np.int64)
+        hist = sums[len(SUMS):].numpy().astype(np.int64).reshape(1 + len(RADII), BINS + 2)
+        probe_counts = hist[0]
         self._latency.merge(probe_counts)
+        radius = {}
+        for name, counts in zip(RADII, hist[1:], strict=True):
+            self.radii[name].merge(counts)
+            for p in RADIUS_QUANTILES:  # 0 = not certified at any drift (underflow bin)
+                radius[f"{name}_p{round(100 * p)}"] = quantile(counts, p, underflow=0.0)
         s = dict(zip(SUMS, sums[: len(SUMS)].tolist(), strict=True))
         nq = max(s["queries"], 1.0)
         mem = self.local_memory
@@ -470,7 +486,7 @@ class StreamEvaluator(pl.LightningModule):
                  "ndcg@k": s["ndcg"] / nq, "safe@1": s["safe1"] / nq, "safe@k": s["safek"] / nq,
                  "crude_safe@1": s["crude1"] / nq, "epsilon": float(getattr(self, "_eps_used", (math.inf,))[0]),
                  "epsilon_source": getattr(self, "_eps_used", (0, self.cfg.epsilon_source))[1],
-                 "mean_eps_q": s["eps_q"] / nq, "mean_zeta1": s["zeta1"] / nq, "zeta_max": float(stats["zeta_max"]),
+                 "mean_eps_q": s["eps_q"] / nq, **radius, "mean_zeta1": s["zeta1"] / nq, "zeta_max": float(stats["zeta_max"]),
                  "fresh_hit_rate": s["fresh_queries_hit"] / max(s["fresh_queries"], 1.0),
                  "old_hit_rate": s["old_queries_hit"] / max(s["old_queries"], 1.0),
                  **labelled_point(s),
@@ -512,7 +528,7 @@ class StreamEvaluator(pl.LightningModule):
         # written here, not by the caller: under a spawning launcher only the workers hold the series
         from luma_pl.evaluation.report import summarise, write_report
 
-        self.summary = summarise(self.series, self.cfg.k, latency=self._latency)
+        self.summary = summarise(self.series, self.cfg.k, latency=self._latency, radii=self.radii)
         if self.cfg.report_dir is None or not self.trainer.is_global_zero:
             return
         self.report_paths = write_report(self.series, self.summary, self.cfg.report_dir, extra={

@@ -14,15 +14,22 @@ answers with the ε_q that was in force, and counts:
   <= ε_q would be a bug in the certificate (must stay 0); one with realised > ε_q means the ε
   assumption failed (reported honestly, with the realised and used ε side by side).
 - flips on uncertified probes: the empirical flip rate.
+- the calibrated mode (``calibrated.py``, labelled apart, never mixed into the counts above): the
+  previous answers certified at the calibrated ε (the split-conformal 1 - α bound of the realised
+  drifts of the refreshes before), and how many of them flipped, top-1 and top-k set, with
+  Clopper-Pearson intervals; then this refresh's realised drifts join the calibration window.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import torch
 
+from luma_pl.telemetry.calibrated import DriftCalibration, clopper_pearson
+from luma_pl.telemetry.functional import top_changed
 from luma_pl.telemetry.safe_at_k import bridge_queries, certify_search, choose_epsilon, query_epsilon
 
 
@@ -52,6 +59,25 @@ class AuditReport:
     """Share of probes whose realised drift was <= the ε_q used."""
     safe_at_1_rate: float
     """Certified share of the previous answers."""
+    calibrated_epsilon: float = float("inf")
+    """The calibrated ε (1 - α bound of earlier realised drifts) the previous answers were checked at."""
+    calibrated_certified: int = 0
+    """Previous answers calibrated-safe at 1 (top-1)."""
+    calibrated_flips: int = 0
+    """... whose top-1 changed."""
+    calibrated_certified_k: int = 0
+    """Previous answers calibrated-safe at k (top-k set)."""
+    calibrated_flips_k: int = 0
+    """... whose top-k set changed."""
+    calibrated_exceed: int = 0
+    """Probes whose realised drift exceeded the calibrated ε (conformal: at most α of them, if the
+    drifts are exchangeable; the direct test of the calibration's assumption)."""
+    calibrated_exceed_share: float = 0.0
+    """calibrated_exceed / probes (summed over reports in the totals: one value per refresh)."""
+    calibrated_exceed_share_sq: float = 0.0
+    """Its square (summed in the totals, for the refresh-level interval of ``calibrated_rates``)."""
+    audits: int = 1
+    """Refreshes audited (1 per report; summed in the totals)."""
 
     def as_metrics(self, prefix: str = "audit/") -> dict[str, float]:
         skip = {"epsilon_source"}
@@ -62,7 +88,8 @@ class OnlineAudit:
     """Call ``observe(bridge, memory)`` at every bridge refresh (first call only takes a snapshot)."""
 
     def __init__(self, probes, k: int = 10, candidates: int | None = None, epsilon_source: str = "interval",
-                 epsilon_value: float | None = None, rescore: bool = False, distances: str = "vectors") -> None:
+                 epsilon_value: float | None = None, rescore: bool = False, distances: str = "vectors",
+                 alpha: float = 0.05, calibration_window: int = 2048) -> None:
         self.probes = torch.as_tensor(np.asarray(probes), dtype=torch.float32)
         if self.probes.ndim != 2:
             raise ValueError(f"probes has shape {tuple(self.probes.shape)}; pass (P, d_s) source queries")
@@ -78,8 +105,13 @@ class OnlineAudit:
         self.eps_prev: torch.Tensor | None = None
         self.eps_prev_value = float("nan")
         self.refreshes = 0
+        self.calibration = DriftCalibration(alpha, calibration_window)
+        self.eps_cal_prev = float("inf")
         self.totals = {"violations": 0, "violations_within_epsilon": 0, "certified": 0,
-                       "flips_uncertified": 0, "uncertified": 0}
+                       "flips_uncertified": 0, "uncertified": 0, "probes": 0, "calibrated_certified": 0,
+                       "calibrated_flips": 0, "calibrated_certified_k": 0, "calibrated_flips_k": 0,
+                       "calibrated_exceed": 0, "calibrated_exceed_share": 0.0, "calibrated_exceed_share_sq": 0.0,
+                       "audits": 0}
         self.last: AuditReport | None = None
         self._searcher = None  # set per observe call
 
@@ -108,6 +140,9 @@ class OnlineAudit:
             viol = certified & flip
             unc = ~certified
             finite_eps = self.eps_prev[torch.isfinite(self.eps_prev)]
+            cal = certify_search(prev, self.k, torch.full_like(self.eps_prev, self.eps_cal_prev), memory,
+                                 rescored=self.rescore, distances=self.distances)
+            _, flip_k = top_changed(torch.from_numpy(prev.ids), torch.from_numpy(new.ids), self.k)
             report = AuditReport(
                 refresh=self.refreshes, probes=len(flip), certified=int(certified.sum()),
                 violations=int(viol.sum()), violations_within_epsilon=int((viol & held).sum()),
@@ -117,11 +152,19 @@ class OnlineAudit:
                 epsilon_used=self.eps_prev_value,
                 epsilon_used_q_max=float(finite_eps.max()) if len(finite_eps) else float("inf"),
                 realised_q_max=float(realised.max()), epsilon_held=float(held.double().mean()),
-                safe_at_1_rate=float(certified.double().mean()),
+                safe_at_1_rate=float(certified.double().mean()), calibrated_epsilon=self.eps_cal_prev,
+                calibrated_certified=int(cal.safe_at_1.sum()), calibrated_flips=int((cal.safe_at_1 & flip).sum()),
+                calibrated_certified_k=int(cal.safe_at_k.sum()),
+                calibrated_flips_k=int((cal.safe_at_k & flip_k).sum()),
+                calibrated_exceed=int((realised > self.eps_cal_prev).sum()),
+                calibrated_exceed_share=float((realised > self.eps_cal_prev).double().mean()),
+                calibrated_exceed_share_sq=float((realised > self.eps_cal_prev).double().mean()) ** 2,
             )
             for key in self.totals:
                 self.totals[key] += getattr(report, key)
             self.last = report
+            self.calibration.add(realised.numpy())  # after use: calibration comes from earlier refreshes
+        self.eps_cal_prev = self.calibration.epsilon()
         self.q_prev, self.eps_prev, self.eps_prev_value = q_new, eps_new, choice.value
         self.epsilon_source_used = choice.source
         self.refreshes += 1
@@ -132,6 +175,7 @@ class OnlineAudit:
         # the probe set is part of the state: q_prev rows are these probes, bridged
         return {"probes": self.probes, "q_prev": self.q_prev, "eps_prev": self.eps_prev, "eps_prev_value": self.eps_prev_value,
                 "refreshes": self.refreshes, "totals": dict(self.totals),
+                "calibration": self.calibration.state_dict(), "eps_cal_prev": self.eps_cal_prev,
                 "epsilon_source_used": getattr(self, "epsilon_source_used", self.epsilon_source)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -142,7 +186,43 @@ class OnlineAudit:
         self.eps_prev_value = float(state.get("eps_prev_value", float("nan")))
         self.refreshes = int(state.get("refreshes", 0))
         self.totals.update(state.get("totals", {}))
+        if state.get("calibration") is not None:
+            self.calibration.load_state_dict(state["calibration"])
+        self.eps_cal_prev = float(state.get("eps_cal_prev", self.calibration.epsilon()))
         self.epsilon_source_used = state.get("epsilon_source_used", self.epsilon_source)
 
 
-__all__ = ["AuditReport", "OnlineAudit"]
+def calibrated_rates(totals: dict, alpha: float, confidence: float = 0.95) -> dict[str, float]:
+    """The calibrated mode's audit from audit totals (or one ``AuditReport``'s fields): the share
+    of probes whose realised drift exceeded the calibrated ε (what split conformal bounds by α in
+    expectation) and the realised flip rates among calibrated-safe answers (top-1 and top-k set,
+    Clopper-Pearson intervals). The probes of one refresh drift together (one map moved), so the
+    exceedance interval treats refreshes, not probes, as the independent units: a Student-t interval
+    of the per-refresh shares (nan with fewer than 2 refreshes). ``calibrated_assumption_failed`` is
+    1 when that interval lies wholly above α (the drifts were not like the calibration window's: a
+    topic jump, say)."""
+    from scipy.stats import t as student
+
+    out = {"alpha": float(alpha)}
+    p = int(totals.get("probes", 0))
+    n = int(totals.get("audits", 0))
+    mean = float(totals.get("calibrated_exceed_share", 0.0)) / n if n else float("nan")
+    if n >= 2:
+        var = max(float(totals.get("calibrated_exceed_share_sq", 0.0)) / n - mean * mean, 0.0) * n / (n - 1)
+        half = float(student.ppf(0.5 + confidence / 2, n - 1)) * math.sqrt(var / n)
+        lo, hi = max(mean - half, 0.0), min(mean + half, 1.0)
+    else:
+        lo = hi = float("nan")
+    out.update(calibrated_exceed_share=mean, calibrated_exceed_share_lo=lo, calibrated_exceed_share_hi=hi,
+               calibrated_assumption_failed=float(n >= 2 and lo > alpha), audits=float(n))
+    for tag, flips, safe in (("at_1", "calibrated_flips", "calibrated_certified"),
+                             ("at_k", "calibrated_flips_k", "calibrated_certified_k")):
+        f, n = int(totals.get(flips, 0)), int(totals.get(safe, 0))
+        lo, hi = clopper_pearson(f, n, confidence)
+        out[f"calibrated_safe_share_{tag}"] = n / p if p else float("nan")
+        out[f"calibrated_flip_rate_{tag}"] = f / n if n else float("nan")
+        out[f"calibrated_flip_rate_{tag}_lo"], out[f"calibrated_flip_rate_{tag}_hi"] = lo, hi
+    return out
+
+
+__all__ = ["AuditReport", "OnlineAudit", "calibrated_rates"]

@@ -108,6 +108,19 @@ class Certificate(NamedTuple):
     """Index j of Safe@1's binding condition; C (= number of candidates) means the closing term."""
     critical_at_k: torch.Tensor
     """(Q, 2) pair (i, j) of Safe@k's binding condition; j = C means the closing term for i."""
+    radius_at_1: torch.Tensor
+    """Certified radius of the top-1: the largest ε_q (normalised-score units) under which Safe@1
+    still holds, ``min_j (ŝ_1 - ŝ_j - ζ_1 - ζ_j - tol) / d_1j`` over the pair conditions and
+    ``(ŝ_1 - ŝ_last - ζ_1 - ζ_max - tol) / 2R`` for the closing term, clipped at 0 (+inf when nothing
+    needs checking). Safe@1 at the ε used ⇔ ``epsilon < radius_at_1``."""
+    radius_at_k: torch.Tensor
+    """The same for the top-k set (pairs i <= k < j and the closing term of every i <= k)."""
+    zeta_radius_at_1: torch.Tensor
+    """Certified item-error radius of the top-1 at the ε used: the largest δ such that Safe@1 still
+    holds when every ζ (candidates' and ζ_max) grows by δ: ``slack / 2`` per condition, ``/ (2 + 2ε)``
+    for pair distances bounded from x̂ (they grow by 2δ too); clipped at 0."""
+    zeta_radius_at_k: torch.Tensor
+    """The same for the top-k set."""
 
 
 def normalised_epsilon(epsilon, a_norm: torch.Tensor, u_norm: torch.Tensor, affine: bool = False) -> torch.Tensor:
@@ -281,6 +294,16 @@ def certify(scores: torch.Tensor, zeta: torch.Tensor | None, zeta_max, epsilon, 
     closing = torch.where(complete[:, None], inf, closing)
 
     # ---- Safe@1: top-1 against every other valid candidate j, and the closing term
+    # certified radii: each condition holds iff ε < num / d (num = its margin without the ε term,
+    # less tol); for the item error, iff δ < (slack - tol) / (2, or 2 + 2ε when d was bounded from x̂)
+    closing_num = torch.where(complete[:, None], inf, s - last[:, None] - z - zm[:, None] - tol)
+    closing_eps = closing_num / (2 * R)
+    closing_zeta = (closing - tol) / 2
+    pair_den = 2.0 + (0.0 if vectors_exact or dist is None else 2.0) * torch.where(torch.isfinite(eps), eps, 0.0)
+
+    def radius(num, d):
+        return torch.where(num > 0, num / d.clamp_min(1e-300), torch.zeros_like(num))
+
     if C > 1:
         d1 = dist[:, 0, 1:] if dist is not None else torch.full((Q, C - 1), 2 * R, dtype=DTYPE)
         p1 = s[:, :1] - s[:, 1:] - eps_times(d1) - z[:, :1] - z[:, 1:]
@@ -288,25 +311,41 @@ def certify(scores: torch.Tensor, zeta: torch.Tensor | None, zeta_max, epsilon, 
         cand1 = torch.cat([p1, closing[:, :1]], dim=1)  # (Q, C): j = 1..C-1, then closing (index C)
         slack1, arg1 = cand1.min(1)
         crit1 = arg1 + 1
+        num1 = s[:, :1] - s[:, 1:] - z[:, :1] - z[:, 1:] - tol
+        r1 = torch.where(valid[:, 1:], radius(num1, d1), inf).min(1).values
+        zr1 = torch.where(valid[:, 1:], (p1 - tol) / pair_den[:, None], inf).min(1).values
     else:
         slack1, crit1 = closing[:, 0], torch.full((Q,), C, dtype=torch.long)
+        r1 = zr1 = torch.full((Q,), torch.inf, dtype=DTYPE)
     slack1 = torch.where(n_valid >= 1, slack1, -inf)
+    r1 = torch.minimum(r1, torch.where(closing_eps[:, 0] > 0, closing_eps[:, 0], 0.0))
+    zr1 = torch.minimum(zr1, closing_zeta[:, 0])
+    r1 = torch.where(n_valid >= 1, r1, 0.0)
+    zr1 = torch.where(n_valid >= 1, zr1.clamp_min(0), 0.0)
 
     # ---- Safe@k: every i <= k < j among candidates, and the closing term for every i <= k
     kk = min(k, C)
     top_valid = valid[:, :kk]
     ck = torch.where(top_valid, closing[:, :kk], inf)  # (Q, kk)
+    rk = torch.where(top_valid, torch.where(closing_eps[:, :kk] > 0, closing_eps[:, :kk], 0.0), inf).min(1).values
+    zrk = torch.where(top_valid, closing_zeta[:, :kk], inf).min(1).values
     if C > kk:
         dk = dist[:, :kk, kk:] if dist is not None else torch.full((Q, kk, C - kk), 2 * R, dtype=DTYPE)
         pk = s[:, :kk, None] - s[:, None, kk:] - eps_times(dk) - z[:, :kk, None] - z[:, None, kk:]
-        pk = torch.where(top_valid[:, :, None] & valid[:, None, kk:], pk, inf)  # (Q, kk, C - kk)
+        both = top_valid[:, :, None] & valid[:, None, kk:]
+        pk = torch.where(both, pk, inf)  # (Q, kk, C - kk)
         allk = torch.cat([pk, ck[:, :, None]], dim=2)  # last column: closing
+        numk = s[:, :kk, None] - s[:, None, kk:] - z[:, :kk, None] - z[:, None, kk:] - tol
+        rk = torch.minimum(rk, torch.where(both, radius(numk, dk), inf).amin((1, 2)))
+        zrk = torch.minimum(zrk, torch.where(both, (pk - tol) / pair_den[:, None, None], inf).amin((1, 2)))
     else:
         allk = ck[:, :, None]
     flat_min, flat_arg = allk.reshape(Q, allk.shape[1] * allk.shape[2]).min(1)
     width = allk.shape[2]
     crit_k = torch.stack([flat_arg // width, torch.where(flat_arg % width == width - 1, C, kk + flat_arg % width)], 1)
     slackk = torch.where(n_valid >= 1, flat_min, -inf)
+    rk = torch.where(n_valid >= 1, rk, 0.0)
+    zrk = torch.where(n_valid >= 1, zrk.clamp_min(0), 0.0)
 
     # ---- margins and the crude rule
     nan = torch.tensor(torch.nan, dtype=DTYPE)
@@ -325,6 +364,7 @@ def certify(scores: torch.Tensor, zeta: torch.Tensor | None, zeta_max, epsilon, 
         k=k, margin_top2=m2, margin_at_k=mk, epsilon=eps, zeta_1=zeta_1, zeta_max=zm,
         slack_at_1=slack1, slack_at_k=slackk, safe_at_1=slack1 > tol, safe_at_k=slackk > tol,
         crude_safe_at_1=crude1, crude_safe_at_k=crudek, critical_at_1=crit1, critical_at_k=crit_k,
+        radius_at_1=r1, radius_at_k=rk, zeta_radius_at_1=zr1, zeta_radius_at_k=zrk,
     )
 
 
@@ -337,7 +377,9 @@ def _no_candidates(Q: int, k: int, eps: torch.Tensor, zm: torch.Tensor) -> Certi
         k=k, margin_top2=nan, margin_at_k=nan.clone(), epsilon=eps, zeta_1=torch.zeros(Q, dtype=DTYPE), zeta_max=zm,
         slack_at_1=ninf, slack_at_k=ninf.clone(), safe_at_1=no, safe_at_k=no.clone(), crude_safe_at_1=no.clone(),
         crude_safe_at_k=no.clone(), critical_at_1=torch.zeros(Q, dtype=torch.long),
-        critical_at_k=torch.zeros((Q, 2), dtype=torch.long),
+        critical_at_k=torch.zeros((Q, 2), dtype=torch.long), radius_at_1=torch.zeros(Q, dtype=DTYPE),
+        radius_at_k=torch.zeros(Q, dtype=DTYPE), zeta_radius_at_1=torch.zeros(Q, dtype=DTYPE),
+        zeta_radius_at_k=torch.zeros(Q, dtype=DTYPE),
     )
 
 

@@ -1,78 +1,17 @@
 """Per-query latency percentiles in fixed memory, sum-mergeable across windows and ranks.
 
 A query's latency is timed on its own (one query per search call, what an interactive caller
-waits), never a batch's time divided by its queries. Samples go into a histogram with
-logarithmic bins: bin ``b`` (1 <= b <= BINS) holds latencies in
-``[LOW * G**(b-1), LOW * G**b)`` with ``G = (HIGH / LOW) ** (1 / BINS)``; bin 0 holds everything
-below ``LOW`` and bin ``BINS + 1`` everything at or above ``HIGH``. Counts are integers, so two
-histograms merge by adding them (windows into the run, ranks by one all-reduce), and the merged
-quantile is the quantile of all samples pooled, not a median of per-window quantiles.
-
-Error bound: ``quantile(counts, p)`` returns the geometric midpoint of the bin holding the
-``ceil(p * n)``-th smallest sample, so for a sample inside ``[LOW, HIGH)`` the reported value is
-within a factor ``sqrt(G)`` of it: with 1 us .. 100 s over 800 bins, G = 10**(8/800) = 1.0233 and
-the relative error is at most sqrt(G) - 1 = 1.16%. Out-of-range samples are clamped to the range's
-ends (reported as LOW or HIGH).
+waits), never a batch's time divided by its queries. Samples are seconds in a ``LogHistogram``
+(``log_histogram.py``: 1 us .. 100 s in 800 log bins, every reported percentile within 1.16% of a
+sample's value).
 """
 
 from __future__ import annotations
 
-import math
+from luma_pl.telemetry.log_histogram import BINS, HIGH, LOW, LogHistogram, bin_of, quantile
 
-import numpy as np
-
-LOW = 1e-6
-"""Smallest resolved latency, seconds (1 us)."""
-HIGH = 100.0
-"""Largest resolved latency, seconds."""
-BINS = 800
-"""Logarithmic bins between LOW and HIGH (plus one underflow and one overflow bin)."""
-_LOG_G = math.log(HIGH / LOW) / BINS
+__all__ = ["BINS", "HIGH", "LOW", "LatencyHistogram", "bin_of", "quantile"]
 
 
-def bin_of(seconds: np.ndarray) -> np.ndarray:
-    """(n,) int: the bin of each latency (0 underflow, BINS + 1 overflow)."""
-    s = np.asarray(seconds, np.float64)
-    b = np.floor(np.log(np.maximum(s, LOW * 0.5) / LOW) / _LOG_G).astype(np.int64) + 1
-    b[~(s >= LOW)] = 0  # also NaN
-    return np.minimum(b, BINS + 1)
-
-
-def quantile(counts: np.ndarray, p: float) -> float:
-    """The p-quantile (0 < p <= 1) of the samples counted in ``counts`` (BINS + 2,), seconds; NaN
-    when empty. The ``ceil(p * n)``-th smallest sample's bin, at its geometric midpoint."""
-    counts = np.asarray(counts, np.float64)
-    n = counts.sum()
-    if n <= 0:
-        return math.nan
-    rank = max(math.ceil(p * n), 1)
-    b = int(np.searchsorted(np.cumsum(counts), rank))
-    if b == 0:
-        return LOW
-    if b >= BINS + 1:
-        return HIGH
-    return LOW * math.exp((b - 0.5) * _LOG_G)
-
-
-class LatencyHistogram:
-    """Counts of per-query latencies; ``add`` samples, ``merge`` another's counts, ``quantile``."""
-
-    def __init__(self) -> None:
-        self.counts = np.zeros(BINS + 2, np.int64)
-
-    def __len__(self) -> int:
-        return int(self.counts.sum())
-
-    def add(self, seconds) -> None:
-        s = np.atleast_1d(np.asarray(seconds, np.float64))
-        if len(s):
-            np.add.at(self.counts, bin_of(s), 1)
-
-    def merge(self, counts: np.ndarray) -> None:
-        self.counts += np.asarray(counts, np.int64)
-
-    def quantile(self, p: float) -> float:
-        return quantile(self.counts, p)
-
-    def reset(self) -> None:
-        self.counts[:] = 0
+class LatencyHistogram(LogHistogram):
+    """Counts of per-query latencies in seconds (see ``LogHistogram``)."""

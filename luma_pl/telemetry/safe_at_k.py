@@ -33,9 +33,20 @@ class CertificateConfig(StrictConfig):
     """ε when ``epsilon_source='given'``."""
     rescore: bool = True
     """Re-score warm PQ candidates exactly (ζ = 0 on those hits)."""
+    calibrated_alpha: float = 0.05
+    """The calibrated mode (``telemetry/calibrated.py``, reported apart from the worst case): Safe@k
+    at the split-conformal 1 - α bound of the drift recent refreshes realised on the probes."""
+    calibration_window: int = 16384
+    """Realised probe drifts the calibrated mode keeps (probes x refreshes; oldest dropped). Larger
+    adapts more slowly to a change, so the audit sees a topic jump for longer before the window
+    absorbs it."""
 
     def validate(self) -> None:
         n = "CertificateConfig"
+        require(0.0 < self.calibrated_alpha < 1.0, n, "calibrated_alpha", self.calibrated_alpha,
+                "use a miscoverage level in (0, 1), e.g. 0.05")
+        require(isinstance(self.calibration_window, int) and self.calibration_window >= 1, n, "calibration_window",
+                self.calibration_window, "use >= 1 drift values, e.g. 16384")
         require(isinstance(self.k, int) and self.k >= 1, n, "k", self.k, "use k >= 1")
         require(self.epsilon_source in F.EPSILON_SOURCES, n, "epsilon_source", self.epsilon_source,
                 f"use one of {F.EPSILON_SOURCES}")

@@ -47,3 +47,12 @@ def test_edges_empty_and_out_of_range():
     # a value at a bin's lower edge lands in that bin
     edge = LOW * G**10
     assert bin_of(np.array([edge * (1 + 1e-9)]))[0] == 11
+
+
+def test_infinite_and_zero_samples_land_in_the_end_bins():
+    from luma_pl.telemetry.log_histogram import LogHistogram
+
+    h = LogHistogram()
+    h.add([0.0, np.inf, 1e-3, np.nan])
+    assert h.counts[0] == 2 and h.counts[-1] == 1 and len(h) == 4
+    assert h.quantile(0.25, underflow=0.0) == 0.0 and h.quantile(1.0) == HIGH
