@@ -17,7 +17,8 @@ PLOTS = {
     "memory_over_time.png": ("Memory over the stream", [("hot_items", "hot items"), ("warm_items", "warm items"),
                                                          ("evicted", "evicted")]),
     "safe_at_k_over_time.png": ("Certified answers", [("safe@1", "Safe@1 rate"), ("safe@k", "Safe@k rate"),
-                                                       ("crude_safe@1", "crude rule @1")]),
+                                                       ("crude_safe@1", "crude rule @1"),
+                                                       ("radius@1_zero_share", "radius@1 = 0: not certifiable even at ε = 0 (ζ)")]),
     "latency_over_time.png": ("Query latency per query (single-query probes)", [("latency_p50_ms", "p50 ms"), ("latency_p99_ms", "p99 ms"), ("search_ms_per_query", "batched, per query")]),
     "certified_radius_over_time.png": ("Certified radius of the answers vs the bridge's drift bound",
                                        [("radius@1_p10", "radius@1 p10"), ("radius@1_p50", "radius@1 median"),
@@ -117,8 +118,8 @@ def write_report(series: list[dict], summary: dict, out_dir: str | Path, extra: 
         fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
         for key, label in curves:
             y = [p.get(key, math.nan) for p in series]
-            if style.get("yscale") == "log":  # zeros and inf have no place on a log axis
-                y = [v if isinstance(v, (int, float)) and 0 < v < math.inf else math.nan for v in y]
+            if style.get("yscale") == "log":  # zeros, inf and the 1e6 clamp of unknown ε have no place here
+                y = [v if isinstance(v, (int, float)) and 0 < v < 1e6 else math.nan for v in y]
             ax.plot(x, y, marker=".", label=label)
         if style.get("yscale"):
             ax.set_yscale(style["yscale"])

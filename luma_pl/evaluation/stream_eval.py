@@ -476,6 +476,7 @@ class StreamEvaluator(pl.LightningModule):
             self.radii[name].merge(counts)
             for p in RADIUS_QUANTILES:  # 0 = not certified at any drift (underflow bin)
                 radius[f"{name}_p{round(100 * p)}"] = quantile(counts, p, underflow=0.0)
+            radius[f"{name}_zero_share"] = float(counts[0] / counts.sum()) if counts.sum() else math.nan
         s = dict(zip(SUMS, sums[: len(SUMS)].tolist(), strict=True))
         nq = max(s["queries"], 1.0)
         mem = self.local_memory
