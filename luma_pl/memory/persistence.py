@@ -333,6 +333,10 @@ def from_state_dict(state: dict, directory: str | None = None) -> TieredMemory:
     arrays = {k: np.asarray(v) for k, v in state["arrays"].items()}
     cfg = MemoryConfig.from_dict(meta["config"])
     memory = TieredMemory(cfg, directory=directory)
-    memory.originals.append(arrays.pop("originals").astype(np.float32).reshape(-1, cfg.dim))
-    memory.restore_state(arrays, meta)
+    try:
+        memory.originals.append(arrays.pop("originals").astype(np.float32).reshape(-1, cfg.dim))
+        memory.restore_state(arrays, meta)
+    except BaseException:
+        memory.close()  # a refused state leaves no half-built memory (and no temp folder) behind
+        raise
     return memory

@@ -157,3 +157,17 @@ def test_a_background_retraining_counts_its_copies_against_the_warm_budget():
     assert seen and mem.counters["retrains"] >= 1
     mem.audit()
     mem.close()
+
+
+def test_a_tampered_generation_table_is_refused_with_the_reason():
+    x = topics()
+    mem = TieredMemory(cfg())
+    feed(mem, x[:3000])
+    state = state_dict(mem)
+    table = state["arrays"]["warm_generations"]
+    assert len(table) >= 2
+    for bad in (table + 1, np.r_[table[:-1], -table[-1]], table[:1]):
+        hostile = {"arrays": {**state["arrays"], "warm_generations": bad}, "meta": state["meta"]}
+        with pytest.raises(ValueError, match="generation table"):
+            from_state_dict(hostile)
+    mem.close()
