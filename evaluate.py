@@ -49,7 +49,10 @@ class EvalCLI(LightningCLI):
 
 def run_evaluation(args: list[str] | None = None) -> tuple[dict, EvalCLI]:
     """Runs the replay; rank 0 writes the report (``StreamEvaluator.on_test_end``) and prints it."""
+    from callbacks.wandb_config import WandbConfigCallback
+
     cli = EvalCLI(StreamEvaluator, StreamReplayDataModule, run=False, args=args,
+                  save_config_callback=WandbConfigCallback,
                   save_config_kwargs={"config_filename": "luma_eval_config.yaml", "overwrite": True})
     cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     report_dir = cli.model.cfg.report_dir
@@ -61,12 +64,20 @@ def run_evaluation(args: list[str] | None = None) -> tuple[dict, EvalCLI]:
     return summary or {}, cli
 
 
+def _fmt(v) -> str:
+    return "n/a" if not isinstance(v, (int, float)) or v != v else f"{v:.3g}"
+
+
 def _print(summary: dict, report_dir: Path) -> None:
     k = summary.get("k", 10)
     rows = [(f"Recall@{k}", summary.get(f"recall@{k}")), (f"MRR@{k}", summary.get(f"mrr@{k}")),
             (f"nDCG@{k}", summary.get(f"ndcg@{k}")), ("HitRate@k earlier events", summary.get("old_hit_rate")),
             ("Safe@1 rate", summary.get("safe@1")), (f"Safe@{k} rate", summary.get(f"safe@{k}")),
             ("crude Safe@1 rate", summary.get("crude_safe@1")),
+            ("certified radius@1 p10 / p50 / p90", " / ".join(_fmt(summary.get(f"radius@1_p{p}")) for p in (10, 50, 90))),
+            (f"certified radius@{k} p10 / p50 / p90",
+             " / ".join(_fmt(summary.get(f"radius@{k}_p{p}")) for p in (10, 50, 90))),
+            ("radius@1 = 0 (not certifiable at epsilon 0)", summary.get("radius@1_zero_share")),
             (f"epsilon ({summary.get('epsilon_source')})", summary.get("epsilon_last")),
             ("zeta_max", summary.get("zeta_max_last")), ("latency p50 ms/query", summary.get("latency_p50_ms")),
             ("latency p99 ms/query", summary.get("latency_p99_ms")), ("ingest events/s", summary.get("ingest_per_s")),

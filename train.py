@@ -15,9 +15,10 @@ import torch
 from lightning.pytorch.cli import LightningCLI
 
 from callbacks.heavy_hitter_admission import HeavyHitterAdmission
+from callbacks.wandb_config import WandbConfigCallback
 from data_modules.stream_replay import StreamReplayDataModule
 from luma_pl.admission.pipeline import AdmissionConfig
-from luma_pl.modules.common import BridgeModuleBase, check_hparams
+from luma_pl.modules.common import WANDB_RUN_KEY, BridgeModuleBase, check_hparams
 from luma_pl.threads import limit_cpu_threads
 
 CONFIG_FILENAME = "luma_config.yaml"
@@ -104,6 +105,9 @@ class LumaCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         add_stream_groups(parser)
+        parser.add_argument("--wandb_new_run", type=bool, default=False,
+                            help="with --ckpt_path: start a new W&B run instead of continuing the one the "
+                                 "checkpoint recorded")
 
     def before_instantiate_classes(self) -> None:
         limit_cpu_threads()
@@ -130,6 +134,7 @@ class LumaCLI(LightningCLI):
             ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
             hparams = ckpt.get("hyper_parameters", {}) or {}
             check_hparams(hparams, f"ckpt_path={ckpt_path!r}")
+            self._continue_wandb_run(sub, ckpt)
             asked = self._asked_bridge_fields(sub, hparams)
             super()._parse_ckpt_path()
             # the checkpoint's hyper-parameters replaced the whole model config: put back the bridge
@@ -140,6 +145,23 @@ class LumaCLI(LightningCLI):
                 bridge[k] = v
             return
         super()._parse_ckpt_path()
+
+    def _continue_wandb_run(self, sub: str, ckpt: dict) -> None:
+        """Resume the W&B run the checkpoint recorded (``luma_wandb_run``, written by the module):
+        every configured ``WandbLogger`` without an id of its own gets ``id`` and ``resume='allow'``,
+        unless ``--wandb_new_run true``."""
+        run = ckpt.get(WANDB_RUN_KEY)
+        run_id = run.get("id") if isinstance(run, dict) else None
+        if not isinstance(run_id, str) or not run_id or self.config[sub].get("wandb_new_run"):
+            return
+        loggers = self.config[sub].trainer.get("logger")
+        for lg in loggers if isinstance(loggers, list) else [loggers]:
+            if getattr(lg, "class_path", None) != "lightning.pytorch.loggers.WandbLogger":
+                continue
+            init = lg.init_args
+            if init.get("id") is None:
+                init["id"] = run_id
+                init["resume"] = "allow"
 
     def _asked_bridge_fields(self, sub: str, hparams: dict) -> dict:
         """Bridge fields of this run's config that differ from both the checkpoint's and the field's
@@ -178,6 +200,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> LumaCLI:
         model_class=BridgeModuleBase,
         subclass_mode_model=True,
         datamodule_class=StreamReplayDataModule,
+        save_config_callback=WandbConfigCallback,
         save_config_kwargs={"config_filename": CONFIG_FILENAME, "overwrite": True},
         args=args,
         run=run,

@@ -22,6 +22,8 @@ from luma_pl.stream.ids import batch_ids
 
 STREAM_STATE_KEY = "luma_stream"
 """Checkpoint key of the module's ``StreamRuntime`` state (ids seen, counters)."""
+WANDB_RUN_KEY = "luma_wandb_run"
+"""Checkpoint key of the W&B run a train.py run logged to (``{"id": run id}``), so a resume continues it."""
 
 
 @dataclasses.dataclass
@@ -216,6 +218,21 @@ class BridgeModuleBase(LightningModule):
         if self.stream is not None:  # the ids seen (replay rule) and the stream's counters
             state = self.stream.state_dict()
             checkpoint[STREAM_STATE_KEY] = {"seen": torch.from_numpy(state["seen"]), "counts": state["counts"]}
+        run_id = self._wandb_run_id()
+        if run_id is not None:  # train.py --ckpt_path continues this W&B run (LumaCLI._continue_wandb_run)
+            checkpoint[WANDB_RUN_KEY] = {"id": run_id}
+
+    def _wandb_run_id(self) -> str | None:
+        """The id of the run of this trainer's first ``WandbLogger`` (None without one)."""
+        trainer = self._trainer
+        if trainer is None:
+            return None
+        from lightning.pytorch.loggers import WandbLogger
+
+        for lg in trainer.loggers:
+            if isinstance(lg, WandbLogger) and isinstance(lg.version, str) and lg.version:
+                return lg.version
+        return None
 
     def _load_stream_state(self, checkpoint: dict) -> None:
         state = checkpoint.get(STREAM_STATE_KEY)
