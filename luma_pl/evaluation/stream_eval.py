@@ -535,7 +535,9 @@ class StreamEvaluator(pl.LightningModule):
         self.report_paths = write_report(self.series, self.summary, self.cfg.report_dir, extra={
             "config": {"eval": self.cfg.to_dict(), "bridge_kind": self.stream_bridge.kind,
                        "bridge": self.bridge.config.to_dict(),
-                       "memory": self.memory_cfg.to_dict(), "world_size": self.trainer.world_size}})
+                       "memory": self.memory_cfg.to_dict(), "world_size": self.trainer.world_size}},
+            budgets={"hot_max_items": self.memory_cfg.hot_max_items, "warm_max_items": self.memory_cfg.warm_max_items},
+            radii=self.radii)
         for logger in self.trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
                 plots = {n: p for n, p in self.report_paths.items() if n != "report"}
