@@ -11,6 +11,7 @@ CSV) are configured exactly as for training. Start from a train.py checkpoint wi
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
@@ -18,7 +19,7 @@ from lightning.pytorch.cli import LightningCLI
 from data_modules.stream_replay import StreamReplayDataModule
 from luma_pl.evaluation.stream_eval import StreamEvaluator
 from luma_pl.threads import limit_cpu_threads
-from train import add_stream_groups, apply_callback_groups
+from train import add_stream_groups, apply_callback_groups, name_wandb_runs
 
 
 class EvalCLI(LightningCLI):
@@ -26,8 +27,13 @@ class EvalCLI(LightningCLI):
         parser.set_defaults({"data.replicate": True})
         add_stream_groups(parser)
 
+    def parse_arguments(self, parser, args) -> None:
+        self.argv = list(sys.argv[1:] if args is None else args)  # the run's own settings name its W&B run
+        super().parse_arguments(parser, args)
+
     def before_instantiate_classes(self) -> None:
         limit_cpu_threads()
+        name_wandb_runs(self.config, "evaluate", self.argv)
         # the top-level admission group (shared with train.py) configures the evaluator's admission
         if self.config.get("admission") is not None:
             self.config.model.admission = self.config.admission

@@ -9,13 +9,14 @@ Resume with ``--ckpt_path <file>``: the stream position, bridge, memory and coun
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningCLI
 
 from callbacks.heavy_hitter_admission import HeavyHitterAdmission
-from callbacks.wandb_config import WandbConfigCallback
+from callbacks.wandb_config import WandbConfigCallback, flatten_config
 from data_modules.stream_replay import StreamReplayDataModule
 from luma_pl.admission.pipeline import AdmissionConfig
 from luma_pl.modules.common import WANDB_RUN_KEY, BridgeModuleBase, check_hparams
@@ -99,6 +100,15 @@ def apply_admission(admission, callbacks) -> None:
         cb.configure(cfg)
 
 
+def name_wandb_runs(cfg, job_type: str, argv: list[str]) -> None:
+    """Name, group, tag and type the W&B runs of this config's WandbLoggers (``run_identity``)."""
+    from luma_pl.tracking.run_identity import name_wandb_loggers, run_identity
+
+    loggers = cfg.trainer.get("logger")
+    if loggers:
+        name_wandb_loggers(loggers, run_identity(flatten_config(cfg.as_dict()), job_type, argv))
+
+
 class LumaCLI(LightningCLI):
     """LightningCLI with luma-pl defaults: one thread per process on CPU, config saved without
     colliding with W&B's own ``config.yaml``."""
@@ -109,12 +119,17 @@ class LumaCLI(LightningCLI):
                             help="with --ckpt_path: start a new W&B run instead of continuing the one the "
                                  "checkpoint recorded")
 
+    def parse_arguments(self, parser, args) -> None:
+        self.argv = list(sys.argv[1:] if args is None else args)  # the run's own settings name its W&B run
+        super().parse_arguments(parser, args)
+
     def before_instantiate_classes(self) -> None:
         limit_cpu_threads()
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else self.config
         if cfg.get("memory") is not None:  # the top-level memory group (shared with evaluate.py)
             cfg.model.init_args.memory = cfg.memory
+        name_wandb_runs(cfg, "train", self.argv)
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()

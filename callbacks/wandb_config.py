@@ -5,7 +5,8 @@ the module's hyper-parameters (``bridge, module, memory``), so runs cannot be gr
 the admission policy, the trainer or the data. This callback (LightningCLI's ``SaveConfigCallback``,
 which runs on rank 0 only) also writes every leaf of the resolved config, flattened to dotted keys
 (``trainer.callbacks.0.init_args.config.counter.policy``), into each ``WandbLogger``'s run config.
-Categorical values stay strings; ``None`` becomes ``"null"`` and anything else not a scalar its
+With them the run's provenance (``provenance.versions.torch``, ``provenance.git.commit``...,
+``luma_pl.tracking.provenance``). Categorical values stay strings; ``None`` becomes ``"null"`` and anything else not a scalar its
 text, so W&B's filters see them as they were configured.
 """
 
@@ -42,7 +43,10 @@ class WandbConfigCallback(SaveConfigCallback):
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if not loggers:
             return
+        from luma_pl.tracking.provenance import provenance
+
         flat = flatten_config(self.config.as_dict())
         flat.pop("config", None)  # the --config file paths (jsonargparse Path objects), not settings
+        flat.update(flatten_config({"provenance": provenance()}))  # versions, git commit, machine, seed
         for lg in loggers:
             lg.experiment.config.update(flat, allow_val_change=True)

@@ -72,6 +72,14 @@ def test_config_reaches_wandb_and_ckpt_path_continues_the_run(tmp_path):
             if rec.HasField("config"):
                 for item in rec.config.update:
                     cfg[item.key or ".".join(item.nested_key)] = json.loads(item.value_json)
+    assert cfg.get("provenance.versions.torch") and "provenance.git.commit" in cfg
+    # the run's name, group, type and tags from its command line and config
+    from test_safe_at_k_logger import wandb_records
+
+    (run_rec,) = [r.run for r in wandb_records(glob.glob(os.path.join(d1, "*.wandb"))[0]) if r.HasField("run")][:1]
+    assert run_rec.job_type == "train" and run_rec.run_group == "default"
+    assert run_rec.display_name.startswith("train-default-data.batch_size=64,trainer.enable_progress_bar=false,bridge.d_s=16"), run_rec.display_name
+    assert {"procrustes", "admission=space_saving", "eps=interval"} <= set(run_rec.tags), list(run_rec.tags)
     policy = [k for k in cfg if k.endswith("counter.policy")]
     assert policy and isinstance(cfg[policy[0]], str), sorted(cfg)[:40]
     assert any(k.startswith("trainer.") for k in cfg) and any(k.startswith("data.") for k in cfg)
