@@ -52,6 +52,10 @@ class StreamCheckpoint(pl.Callback):
             return Path(self.dirpath)
         return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
 
+    def last_path(self, trainer: pl.Trainer) -> Path:
+        """Where ``last.ckpt`` is written."""
+        return self._dir(trainer) / "last.ckpt"
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
@@ -73,7 +77,7 @@ class StreamCheckpoint(pl.Callback):
     def save(self, trainer: pl.Trainer) -> Path:
         """Every rank calls this (the state of every callback is collected); rank 0 writes."""
         folder = self._dir(trainer)
-        last = folder / "last.ckpt"
+        last = self.last_path(trainer)
         tmp = folder / f".last.ckpt.tmp{os.getpid()}"
         trainer.save_checkpoint(tmp, weights_only=False)  # full state: loops, callbacks, datamodule
         if trainer.is_global_zero:

@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from wandb_helpers import read_wandb_history
 
 DT_EVENTS = 1500
 
@@ -31,56 +32,6 @@ def _batches(n_events: int, bs: int):
 
 def _identity(x):
     return x
-
-
-def wandb_records(path: str):
-    """Records of an offline ``.wandb`` file as wandb's own protobuf ``Record`` messages.
-
-    wandb 0.31 no longer ships a Python reader (``wandb.sdk.internal.datastore`` is gone; the Go core
-    writes the file), so this reads the container directly: a 7-byte header (``:W&B``, magic, version)
-    then the LevelDB log format (32 KiB blocks; chunks of crc32c(4) length(2 LE) type(1) payload,
-    type FULL=1 FIRST=2 MIDDLE=3 LAST=4), and decodes each payload with ``wandb_internal_pb2.Record``.
-    """
-    import struct
-
-    from wandb.proto import wandb_internal_pb2
-
-    data = open(path, "rb").read()
-    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
-    block, pos, buf = 32768, 7, b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:  # block trailer padding
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if length == 0 and kind == 0:  # zero padding at the end of a block
-            pos += left
-            continue
-        payload = data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind == 1:
-            buf = payload
-        elif kind in (2, 3):
-            buf = (b"" if kind == 2 else buf) + payload
-            continue
-        elif kind == 4:
-            buf += payload
-        rec = wandb_internal_pb2.Record()
-        rec.ParseFromString(buf)
-        buf = b""
-        yield rec
-
-
-def read_wandb_history(run_dir: str) -> list[dict]:
-    """Every history row of an offline run (key -> decoded JSON value)."""
-    path = glob.glob(os.path.join(run_dir, "*.wandb"))[0]
-    rows = []
-    for rec in wandb_records(path):
-        if rec.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                         for item in rec.history.item})
-    return rows
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from callbacks.wandb_config import flatten_config
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 from test_train_resume import _shards  # noqa: E402
+from wandb_helpers import offline_fit, offline_runs, wandb_records  # noqa: E402
 
 
 def test_flatten_config_keeps_scalars_and_names_every_leaf():
@@ -26,36 +26,14 @@ def test_flatten_config_keeps_scalars_and_names_every_leaf():
     assert flat == {"a.b": 1, "a.c.0.d": "x", "a.c.1": 2.5, "a.e": "null", "a.f": "[]", "g": True}
 
 
-def _fit(shards: Path, run: Path, extra: list[str]) -> subprocess.CompletedProcess:
-    args = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs" / "default.yaml"),
-            "--data.root", str(shards), "--data.batch_size", "64",
-            "--trainer.default_root_dir", str(run), "--trainer.enable_progress_bar", "false",
-            "--trainer.logger", "lightning.pytorch.loggers.WandbLogger", "--trainer.logger.save_dir", str(run),
-            "--trainer.logger.offline", "true", "--trainer.logger.project", "luma-test",
-            "--model.init_args.bridge.d_s", "16", "--model.init_args.bridge.d_c", "24",
-            "--model.init_args.bridge.refresh_every", "64",
-            "--model.init_args.memory.dim", "24", "--model.init_args.memory.pq_m", "8",
-            "--model.init_args.memory.hot_max_items", "200", "--model.init_args.memory.warm_max_items", "400",
-            "--model.init_args.memory.nlist", "4", "--trainer.callbacks.dirpath", str(run / "checkpoints"), *extra]
-    env = dict(os.environ, LUMA_NUM_THREADS="1", WANDB_MODE="offline", PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}")
-    # an in-process W&B run of an earlier test leaves WANDB_SERVICE set: a child would attach to that
-    # service, which still holds the first child's run id ("run ID ... is in use")
-    env.pop("WANDB_SERVICE", None)
-    return subprocess.run(args, cwd=run.parent, env=env, capture_output=True, text=True, timeout=400)
-
-
-def _runs(run: Path) -> list[str]:
-    return sorted(glob.glob(str(run / "wandb" / "offline-run-*")))
-
-
 @pytest.mark.slow
 def test_config_reaches_wandb_and_ckpt_path_continues_the_run(tmp_path):
     _shards(tmp_path / "shards")
     run = tmp_path / "run"
     run.mkdir()
-    first = _fit(tmp_path / "shards", run, [])
+    first = offline_fit(tmp_path / "shards", run, [])
     assert first.returncode == 0, first.stderr[-3000:]
-    (d1,) = _runs(run)
+    (d1,) = offline_runs(run)
     run_id = d1.rsplit("-", 1)[1]
     ckpt = run / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True, map_location="cpu")["luma_wandb_run"] == {"id": run_id}
@@ -66,16 +44,12 @@ def test_config_reaches_wandb_and_ckpt_path_continues_the_run(tmp_path):
 
         cfg = {k: v.get("value") if isinstance(v, dict) else v for k, v in yaml.safe_load(open(path)).items()}
     if not cfg:  # wandb-core may keep the config only in the .wandb records
-        from test_safe_at_k_logger import wandb_records
-
         for rec in wandb_records(glob.glob(os.path.join(d1, "*.wandb"))[0]):
             if rec.HasField("config"):
                 for item in rec.config.update:
                     cfg[item.key or ".".join(item.nested_key)] = json.loads(item.value_json)
     assert cfg.get("provenance.versions.torch") and "provenance.git.commit" in cfg
     # the run's name, group, type and tags from its command line and config
-    from test_safe_at_k_logger import wandb_records
-
     (run_rec,) = [r.run for r in wandb_records(glob.glob(os.path.join(d1, "*.wandb"))[0]) if r.HasField("run")][:1]
     assert run_rec.job_type == "train" and run_rec.run_group == "default"
     assert run_rec.display_name.startswith("train-default-data.batch_size=64,trainer.enable_progress_bar=false,bridge.d_s=16"), run_rec.display_name
@@ -84,12 +58,12 @@ def test_config_reaches_wandb_and_ckpt_path_continues_the_run(tmp_path):
     assert policy and isinstance(cfg[policy[0]], str), sorted(cfg)[:40]
     assert any(k.startswith("trainer.") for k in cfg) and any(k.startswith("data.") for k in cfg)
     # --ckpt_path continues the same run id; --wandb_new_run true starts another
-    again = _fit(tmp_path / "shards", run, ["--ckpt_path", str(ckpt), "--trainer.max_epochs", "2"])
+    again = offline_fit(tmp_path / "shards", run, ["--ckpt_path", str(ckpt), "--trainer.max_epochs", "2"])
     assert again.returncode == 0, again.stderr[-3000:]
-    ids = [d.rsplit("-", 1)[1] for d in _runs(run)]
+    ids = [d.rsplit("-", 1)[1] for d in offline_runs(run)]
     assert len(ids) == 2 and ids.count(run_id) == 2, ids
-    fresh = _fit(tmp_path / "shards", run, ["--ckpt_path", str(ckpt), "--trainer.max_epochs", "3",
+    fresh = offline_fit(tmp_path / "shards", run, ["--ckpt_path", str(ckpt), "--trainer.max_epochs", "3",
                                            "--wandb_new_run", "true"])
     assert fresh.returncode == 0, fresh.stderr[-3000:]
-    ids = [d.rsplit("-", 1)[1] for d in _runs(run)]
+    ids = [d.rsplit("-", 1)[1] for d in offline_runs(run)]
     assert len(ids) == 3 and len(set(ids)) == 2, ids
