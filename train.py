@@ -21,6 +21,7 @@ from data_modules.stream_replay import StreamReplayDataModule
 from luma_pl.admission.pipeline import AdmissionConfig
 from luma_pl.modules.common import WANDB_RUN_KEY, BridgeModuleBase, check_hparams
 from luma_pl.threads import limit_cpu_threads
+from luma_pl.tracking.sweep import METRICS_FILE
 
 CONFIG_FILENAME = "luma_config.yaml"
 
@@ -138,6 +139,24 @@ class LumaCLI(LightningCLI):
         if cfg.get("admission") is not None:
             apply_admission(cfg.get("admission"), self.trainer.callbacks)
         apply_callback_groups(cfg, self.trainer.callbacks)
+
+    def after_fit(self) -> None:
+        """Rank 0 leaves the run's final metrics beside it: ``<default_root_dir>/luma_metrics.json``
+        (``{"metrics": {name: value}, "wandb_run": {"id", "name"} or None}``; read by the sweep runner)."""
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        import json
+
+        from lightning.pytorch.loggers import WandbLogger
+
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if getattr(v, "numel", lambda: 1)() == 1}
+        run = next(({"id": lg.experiment.id, "name": lg.experiment.name} for lg in trainer.loggers
+                    if isinstance(lg, WandbLogger)), None)
+        out = Path(trainer.default_root_dir) / METRICS_FILE
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"metrics": metrics, "wandb_run": run}, indent=1))
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI rebuilds the model from the checkpoint's hyper-parameters and imports the
