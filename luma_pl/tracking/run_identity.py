@@ -68,10 +68,19 @@ def run_identity(flat: dict, job_type: str, argv: list[str]) -> dict:
         value = next((v for k, v in sorted(flat.items()) if k.endswith(suffix) and isinstance(v, str)), None)
         if value is not None:
             tags.append(f"{label}={value}")
-    devices, nodes = flat.get("trainer.devices"), flat.get("trainer.num_nodes", 1)
-    if isinstance(devices, int) and isinstance(nodes, int) and devices * nodes > 1:
+    devices, nodes = _count(flat.get("trainer.devices")), _count(flat.get("trainer.num_nodes", 1))
+    if devices is not None and nodes is not None and devices * nodes > 1:
         tags.append(f"world={devices * nodes}")
     return {"name": name[:MAX_NAME], "group": group[:MAX_NAME], "tags": tags, "job_type": job_type}
+
+
+def _count(value) -> int | None:
+    """A device / node count given as an int or its text ("2"); None for "auto", lists, absent."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    return int(value) if isinstance(value, str) and value.isdigit() else None
 
 
 def name_wandb_loggers(loggers, identity: dict) -> int:

@@ -15,7 +15,7 @@ def test_split_argv_reads_both_forms_and_every_config():
 
 
 def test_identity_names_the_varied_settings_and_leaves_paths_out():
-    flat = {"model.class_path": "luma_pl.modules.LearnedBridgeModule", "trainer.devices": 2, "trainer.num_nodes": 1,
+    flat = {"model.class_path": "luma_pl.modules.LearnedBridgeModule", "trainer.devices": "2", "trainer.num_nodes": 1,
             "trainer.callbacks.0.init_args.config.counter.policy": "count_min",
             "trainer.callbacks.2.init_args.epsilon_source": "interval"}
     ident = run_identity(flat, "train", ["fit", "--config", "configs/default.yaml", "--config", "configs/bridge_mlp.yaml",
