@@ -15,6 +15,7 @@ logger decides); ``wandb sync <run dir>`` uploads everything later.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +144,8 @@ class WandbArtifacts(pl.Callback):
         run = self._run(trainer) if stage == "test" and self.log_report and paths else None
         if run is None:
             return
-        summary = {k: v for k, v in (getattr(pl_module, "summary", None) or {}).items()
-                   if isinstance(v, (int, float, str))}
+        summary = {k: v for k, v in (getattr(pl_module, "summary", None) or {}).items()  # W&B metadata is JSON:
+                   if isinstance(v, str) or isinstance(v, (int, float)) and math.isfinite(v)}  # no NaN / inf
         self._record(run, "logged", files_artifact(sorted(str(p) for p in paths.values()), f"report-{run.id}",
                                                    "evaluation", "report.json and the plots of a streaming replay",
                                                    summary), ["latest"])
