@@ -19,7 +19,7 @@ PLOTS = {
     "recall_over_time.png": dict(RATE, title="Retrieval of the sampled queries, k = {k}", curves=[
         ("recall@k", "Recall@{k}"), ("mrr@k", "MRR@{k}"), ("ndcg@k", "nDCG@{k}"),
         ("old_hit_rate", "HitRate@{k}, queries of earlier events")]),
-    "memory_over_time.png": dict(title="Memory over the stream (dashed: budgets)", ylabel="items",
+    "memory_over_time.png": dict(title="Memory over the stream (grey lines: budgets)", ylabel="items",
                                  curves=[("hot_items", "hot items"), ("warm_items", "warm items"), ("evicted", "evicted")],
                                  budgets=[("hot_max_items", "hot budget"), ("warm_max_items", "warm budget")]),
     "safe_at_k_over_time.png": dict(RATE, title="Certified answers, k = {k}", curves=[
@@ -35,7 +35,10 @@ PLOTS = {
             ("radius@k_p50", "radius@{k} median"), ("mean_eps_q", "ε_q used (certified iff radius > ε_q)")]),
 }
 """One PNG per entry, x = events ingested: ``title`` / labels may name ``{k}``; ``interval``: a
-Wilson band with the window's query count; ``budgets``: dashed lines at the memory's budgets."""
+Wilson band with the window's query count; ``budgets``: grey lines at the memory's budgets."""
+
+LINES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "x", "d")
 
 INTERVAL_OF = {"old_hit_rate": "old_queries"}
 """Rates whose denominator is not the window's ``queries`` (the point's key holding it)."""
@@ -188,9 +191,11 @@ def write_report(series: list[dict], summary: dict, out_dir: str | Path, extra: 
             if np.isnan(y).all():
                 continue
             curves.append((label.format(k=k), y))
-        for label, y in merge_equal_curves(curves):
+        for i, (label, y) in enumerate(merge_equal_curves(curves)):
             zero = " (0 in every window)" if np.nanmax(np.abs(y)) == 0 else ""
-            (line,) = ax.plot(x, y, marker=".", label=label + zero)
+            # a line style and marker of its own: lines that nearly coincide stay apart
+            (line,) = ax.plot(x, y, linestyle=LINES[i % len(LINES)], marker=MARKERS[i % len(MARKERS)],
+                              markersize=4, label=label + zero)
             if style.get("interval"):
                 key = next(c for c, lab in style["curves"] if lab.format(k=k) in label)
                 n = np.array([p.get(INTERVAL_OF.get(key, "queries"), p.get("queries", 0)) for p in series], np.float64)
