@@ -70,3 +70,12 @@ def test_train_then_evaluate_artifacts_join_in_one_lineage(tmp_path):
                                             "certified_radius_distribution.png"} <= set(_files(report))
     (run_rec,) = [r.run for r in wandb_records(run_file(str(eval_dir))) if r.HasField("run")][:1]
     assert run_rec.job_type == "evaluate" and run_rec.run_group == "eval_default" and "bridge-frozen" in run_rec.tags
+    # the same, as a user reads it without syncing (python -m luma_pl.tracking.offline_run)
+    from luma_pl.tracking.offline_run import describe, main
+
+    d = describe(str(eval_dir))
+    assert (d["job_type"], d["group"]) == ("evaluate", "eval_default")
+    assert {(a["how"], a["type"], a["name"]) for a in d["artifacts"]} == {
+        ("used", "dataset", data.name), ("used", "model", model.name), ("logged", "evaluation", report.name)}
+    assert d["config"]["model.eval.fit_bridge"] is False and "eval/recall@k" in d["metrics"]
+    assert main([str(eval_dir), train_dir]) == 0
