@@ -28,7 +28,8 @@ def test_every_point_of_a_shipped_sweep_reaches_the_cli(path, tmp_path):
         assert cmd[:3] == ["python", "train.py", "fit"] and all(f"--{k}={v}" in cmd for k, v in values.items())
         cli = cli_main(cmd[3:] + ["--data.root", str(tmp_path), "--trainer.default_root_dir", str(tmp_path)], run=False)
         for key, value in values.items():  # model.init_args.bridge.lr -> the built bridge's config
-            assert getattr(cli.model.bridge.config, key.rsplit(".", 1)[1]) == value, key
+            target = cli.trainer if key.startswith("trainer.") else cli.model.bridge.config
+            assert getattr(target, key.rsplit(".", 1)[1]) == value, key
 
 
 def _write(tmp_path: Path, body: dict) -> Path:
