@@ -513,6 +513,16 @@ class StreamEvaluator(pl.LightningModule):
                 logger.log_metrics(metrics, step=self._batches)
         self._reset_window()
 
+    def on_test_start(self) -> None:
+        # W&B charts of the windows read like the report's plots: x = events ingested, not batches
+        if self.trainer.is_global_zero:
+            from lightning.pytorch.loggers import WandbLogger
+
+            for logger in self.trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.experiment.define_metric("eval/events")
+                    logger.experiment.define_metric("eval/*", step_metric="eval/events")
+
     def on_test_epoch_end(self) -> None:
         if self._events == 0:  # every rank replays the whole stream: the same decision everywhere
             dm = getattr(self.trainer, "datamodule", None)

@@ -79,3 +79,6 @@ def test_train_then_evaluate_artifacts_join_in_one_lineage(tmp_path):
         ("used", "dataset", data.name), ("used", "model", model.name), ("logged", "evaluation", report.name)}
     assert d["config"]["model.eval.fit_bridge"] is False and "eval/recall@k" in d["metrics"]
     assert main([str(eval_dir), train_dir]) == 0
+    # W&B charts of the windows use events ingested as their x axis, as the report's plots do
+    metrics = [r.metric for r in wandb_records(run_file(str(eval_dir))) if r.HasField("metric")]
+    assert any(m.glob_name == "eval/*" and m.step_metric == "eval/events" for m in metrics)
