@@ -43,6 +43,7 @@ class ProcrustesBridgeModule(BridgeModuleBase):
     def training_step(self, batch: dict, batch_idx: int) -> None:
         with torch.no_grad():
             s, c = self.pairs(batch)  # (n, d_s), (n, d_c); n = 0 on padding batches
+            self.score_before_learning(s, c)  # test, then train (prequential)
             refreshed = self.bridge.fit_step(s, c)  # joins the increment all-reduce on schedule
         self.ingest_items(batch)  # the stream's items, through admission, into the memory
         self.ask_stream_queries(batch)  # the stream's queries record hits for tier migration

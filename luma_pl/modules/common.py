@@ -20,6 +20,8 @@ from luma_pl.encoders.media_batch import MEDIA_MODALITY, encode_media
 from luma_pl.metrics import build
 from luma_pl.stream.ids import batch_ids
 
+PREQUENTIAL_KEY = "luma_prequential"
+"""Checkpoint key of the prequential ring (rank 0's; other ranks restart theirs empty on resume)."""
 STREAM_STATE_KEY = "luma_stream"
 """Checkpoint key of the module's ``StreamRuntime`` state (ids seen, counters)."""
 WANDB_RUN_KEY = "luma_wandb_run"
@@ -50,12 +52,20 @@ class BridgeModuleConfig(StrictConfig):
     (top-``stream_queries_k``, recorded as hits), so ``TierMigration`` sees what the stream asks for;
     0 = ask nothing (then a ``TierMigration`` callback is refused at set-up: it would see no hits)."""
 
+    prequential_gallery: int = 1024
+    """Prequential (test-then-train) scores of every training batch before the bridge learns from it
+    (``luma_pl.bridge.prequential``, logged as ``preq/recall@k``, ``preq/mrr@k``, ``preq/cosine``):
+    the last this many canonical anchors are the gallery's distractors beside the batch's own.
+    0 = off."""
+
     def validate(self) -> None:
         n = "BridgeModuleConfig"
         require(all(isinstance(k, int) and k >= 1 for k in self.ks) and self.ks, n, "ks", self.ks, "use positive ints, e.g. [1, 10]")
         for ext in self.media_keys.values():
             require(ext in MEDIA_MODALITY, n, "media_keys", self.media_keys, f"extensions must be in {sorted(MEDIA_MODALITY)}")
         require(self.score_chunk >= 1, n, "score_chunk", self.score_chunk, "use a positive chunk size")
+        require(isinstance(self.prequential_gallery, int) and self.prequential_gallery >= 0, n, "prequential_gallery",
+                self.prequential_gallery, "use an int >= 0, e.g. 1024 (0 = no prequential scores)")
         require(isinstance(self.stream_queries_k, int) and self.stream_queries_k >= 0, n, "stream_queries_k",
                 self.stream_queries_k, "use an int >= 0 (0 = the training stream asks the memory nothing)")
 
@@ -147,6 +157,8 @@ class BridgeModuleBase(LightningModule):
         run asked for. The checkpoint's config (``bridge._extra_state``) would otherwise win silently
         in ``set_extra_state``: resumable fields take this module's value, others must agree."""
         self._load_stream_state(checkpoint)
+        state = checkpoint.get(PREQUENTIAL_KEY)
+        self._prequential_state = state if isinstance(state, dict) else None  # read when the ring is made
         extra = checkpoint.get("state_dict", {}).get("bridge._extra_state")
         saved = extra.get("config") if isinstance(extra, dict) else None
         if not isinstance(saved, dict):
@@ -214,7 +226,34 @@ class BridgeModuleBase(LightningModule):
     def setup(self, stage: str) -> None:
         self.runtime()
 
+    def score_before_learning(self, s: torch.Tensor, c: torch.Tensor) -> None:
+        """Prequential scores of this batch's pairs under the bridge as it is, before it learns from
+        them (``luma_pl.bridge.prequential``). Every rank calls this on every step: the sums are
+        all-reduced (a rank with no pairs adds zeros), then logged as ``preq/*`` by every rank alike."""
+        gallery = self.cfg.prequential_gallery
+        if gallery == 0 or not self.bridge_ready():  # bridge_ready: the same decision on every rank
+            return
+        from luma_pl.bridge.prequential import PrequentialScore
+        from luma_pl.ranks import initialised
+
+        d_c = int(self.bridge.config.d_c)
+        if getattr(self, "prequential", None) is None:
+            self.prequential = PrequentialScore(d_c, gallery, tuple(self.cfg.ks))
+            self.prequential.load_state_dict(getattr(self, "_prequential_state", None) or {})
+        with torch.no_grad():
+            mapped = self.bridge(s.float()).float() if len(s) else c.new_zeros(0, d_c).float()
+            sums = self.prequential.score(mapped, c.float())
+        if initialised():
+            sums = sums.to(self.device)
+            torch.distributed.all_reduce(sums)
+        self.prequential.push(c)
+        for name, value in self.prequential.rates(sums.cpu()).items():
+            self.log(f"preq/{name}", value, on_step=True, on_epoch=False)
+        self.log("preq/gallery", float(self.prequential.filled), on_step=True, on_epoch=False)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if getattr(self, "prequential", None) is not None:
+            checkpoint[PREQUENTIAL_KEY] = self.prequential.state_dict()
         if self.stream is not None:  # the ids seen (replay rule) and the stream's counters
             state = self.stream.state_dict()
             checkpoint[STREAM_STATE_KEY] = {"seen": torch.from_numpy(state["seen"]), "counts": state["counts"]}

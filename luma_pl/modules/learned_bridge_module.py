@@ -40,6 +40,7 @@ class LearnedBridgeModule(BridgeModuleBase):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         s, c = self.pairs(batch)
+        self.score_before_learning(s, c)  # test, then train (prequential)
         loss, parts = self.bridge.loss(s, c)  # a collective under DDP, also for n = 0
         self.ingest_items(batch)  # the stream's items, through admission, into the memory
         self.ask_stream_queries(batch)  # the stream's queries record hits for tier migration
