@@ -21,6 +21,7 @@ from luma_pl.bridge.state_checks import check_state
 from luma_pl.configuration import StrictConfig, require
 
 KINDS = ("linear", "orthogonal", "mlp")
+PRIORS = ("none", "procrustes")
 _ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 # activations with |sigma(x)| <= |x| and Lipschitz constant 1: the MLP drift bound needs both
 _CERTIFIED_ACTS = ("relu", "tanh")
@@ -56,6 +57,20 @@ class LearnedBridgeConfig(StrictConfig):
     refresh_every: int = 50
     """R: optimizer steps between two drift measurements (``mark_interval``). ε for Safe@k is the
     certified bound on the map's change over the last interval, as for the Procrustes bridge."""
+    prior: str = "none"
+    """A closed-form map the learned one starts from and is pulled toward: 'none', or 'procrustes'
+    (``LearnedBridgeModule`` keeps a ``StreamingProcrustes`` on the same anchor pairs and hands each
+    of its refreshes to ``set_prior``)."""
+    prior_refresh_every: int = 256
+    """Anchor pairs between two refreshes of the prior (prior: procrustes)."""
+    init_from_prior: bool = True
+    """With a prior: when it is first set, copy it into the map's linear part (linear / orthogonal:
+    the weight; mlp: the residual path, the residual branch staying at zero), so the learned bridge
+    starts where the prior is instead of at a random map."""
+    prior_weight: float = 0.0
+    """λ of the penalty ``λ ||L - W_prior||_F²`` on the map's linear part L (0 = no pull): a
+    learned bridge that drifts from the closed-form solution pays for it, the regulariser
+    against overfitting the anchors."""
 
     def validate(self) -> None:
         n = "LearnedBridgeConfig"
@@ -70,6 +85,13 @@ class LearnedBridgeConfig(StrictConfig):
         require(self.lr > 0, n, "lr", self.lr, "use a positive learning rate")
         require(self.weight_decay >= 0, n, "weight_decay", self.weight_decay, "use >= 0")
         require(self.refresh_every >= 1, n, "refresh_every", self.refresh_every, "use R >= 1 optimizer steps (e.g. 50)")
+        require(self.prior in PRIORS, n, "prior", self.prior, f"use one of {PRIORS}")
+        require(self.prior_refresh_every >= 1, n, "prior_refresh_every", self.prior_refresh_every,
+                "use a positive pair count, e.g. 256")
+        require(self.prior_weight >= 0 and math.isfinite(self.prior_weight), n, "prior_weight", self.prior_weight,
+                "use a finite weight >= 0 (0 = no pull toward the prior)")
+        require(self.prior != "none" or self.prior_weight == 0, n, "prior_weight", self.prior_weight,
+                "a pull toward the prior needs one: set prior: procrustes, or prior_weight: 0")
 
 
 class ResidualMLP(nn.Module):
@@ -138,6 +160,9 @@ class LearnedBridge(nn.Module):
             self.register_buffer("ref_" + name.replace(".", "_"), t.detach().clone())
             self.register_buffer("prev_" + name.replace(".", "_"), t.detach().clone())
         self.register_buffer("has_ref", torch.zeros((), dtype=torch.int64))
+        if cfg.prior != "none":  # only then: checkpoints of bridges without a prior keep their keys
+            self.register_buffer("prior_map", torch.zeros(cfg.d_c, cfg.d_s))
+            self.register_buffer("has_prior", torch.zeros((), dtype=torch.int64))
         # Safe@k interface shared with StreamingProcrustes: refreshes counts drift measurements;
         # eps_interval is the last one (inf until the first)
         self.register_buffer("refreshes", torch.zeros((), dtype=torch.int64))
@@ -150,6 +175,32 @@ class LearnedBridge(nn.Module):
         if isinstance(self.net, ResidualMLP):
             return {k: v for k, v in self.net.state_dict().items()}
         return {"weight": self.net.weight}
+
+    def linear_part(self) -> torch.Tensor:
+        """The map's linear part L (d_c, d_s): the weight, or the MLP's residual path."""
+        return self.net.proj.weight if isinstance(self.net, ResidualMLP) else self.net.weight
+
+    @torch.no_grad()
+    def set_prior(self, W: torch.Tensor) -> bool:
+        """Take ``W`` (d_c, d_s) as the prior; the first one is copied into the linear part when
+        ``init_from_prior`` (the orthogonal parametrisation takes it through its right inverse: a
+        Procrustes map is semi-orthogonal). Returns whether the map was initialised from it."""
+        if self.config.prior == "none":
+            raise ValueError("set_prior: this bridge has prior='none'; build it with prior: procrustes")
+        W = W.detach().to(self.prior_map.dtype)
+        if tuple(W.shape) != tuple(self.prior_map.shape) or not bool(torch.isfinite(W).all()):
+            raise ValueError(f"set_prior: W has shape {tuple(W.shape)} (finite: {bool(torch.isfinite(W).all())}); "
+                             f"expected a finite ({self.config.d_c}, {self.config.d_s}) map")
+        first = not bool(self.has_prior)
+        self.prior_map.copy_(W)
+        self.has_prior.fill_(1)
+        if first and self.config.init_from_prior:
+            if nn.utils.parametrize.is_parametrized(self.net):
+                self.net.weight = W.clone()  # the orthogonal parametrisation: through its right inverse
+            else:
+                self.linear_part().copy_(W)
+            return True
+        return False
 
     def raw(self, s: torch.Tensor) -> torch.Tensor:
         """Un-normalised map ``f(s)``: (N, d_s) -> (N, d_c)."""
@@ -195,7 +246,12 @@ class LearnedBridge(nn.Module):
         infonce = world * ce / (2 * n_global)
         mse = world * ((q - k) ** 2).sum() / n_global
         total = infonce + self.config.mse_weight * mse if self.config.mse_weight > 0 else infonce
-        return total, {"infonce": infonce.detach(), "mse": mse.detach(), "logit_scale": scale.detach()}
+        parts = {"infonce": infonce.detach(), "mse": mse.detach(), "logit_scale": scale.detach()}
+        if self.config.prior_weight > 0 and bool(self.has_prior):  # the same on every rank: DDP's mean keeps it
+            pull = ((self.linear_part() - self.prior_map) ** 2).sum()
+            total = total + self.config.prior_weight * pull
+            parts["prior_pull"] = pull.detach()
+        return total, parts
 
     def make_optimizer(self) -> torch.optim.AdamW:
         """The bridge's optimizer, the same wherever it learns (train.py, evaluate.py, ``fit_step``):

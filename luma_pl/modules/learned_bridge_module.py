@@ -24,6 +24,14 @@ class LearnedBridgeModule(BridgeModuleBase):
         bcfg = as_config(LearnedBridgeConfig, bridge)
         self.cfg = as_config(BridgeModuleConfig, module)
         self.bridge = LearnedBridge(bcfg)
+        # prior: procrustes: a streaming Procrustes on the same pairs, handed to the bridge at each
+        # of its refreshes (the learned map starts from it and is pulled toward it; learned.py)
+        self.prior_bridge = None
+        if bcfg.prior == "procrustes":
+            from luma_pl.bridge.procrustes import ProcrustesConfig, StreamingProcrustes
+
+            self.prior_bridge = StreamingProcrustes(ProcrustesConfig(d_s=bcfg.d_s, d_c=bcfg.d_c,
+                                                                     refresh_every=bcfg.prior_refresh_every))
         self.dims = {self.cfg.source_space: bcfg.d_s, self.cfg.query_space: bcfg.d_s,
                      self.cfg.canonical_space: bcfg.d_c, self.cfg.item_space: bcfg.d_c}
         self._set_encoders(encoders)
@@ -41,6 +49,10 @@ class LearnedBridgeModule(BridgeModuleBase):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         s, c = self.pairs(batch)
         self.score_before_learning(s, c)  # test, then train (prequential)
+        if self.prior_bridge is not None:  # joins the Procrustes increment all-reduce on schedule
+            with torch.no_grad():
+                if self.prior_bridge.fit_step(s.float(), c.float()):
+                    self.bridge.set_prior(self.prior_bridge.A)
         loss, parts = self.bridge.loss(s, c)  # a collective under DDP, also for n = 0
         self.ingest_items(batch)  # the stream's items, through admission, into the memory
         self.ask_stream_queries(batch)  # the stream's queries record hits for tier migration
