@@ -41,6 +41,7 @@ def _fit(shards: Path, run: Path, extra: list[str]) -> subprocess.CompletedProce
             "--model.init_args.memory.nlist", "4",
             "--trainer.callbacks.dirpath", str(run / "checkpoints"), *extra]
     env = dict(os.environ, LUMA_NUM_THREADS="1", WANDB_MODE="offline", PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}")
+    env.pop("WANDB_SERVICE", None)  # a child attached to this process's W&B service writes its run late
     return subprocess.run(args, cwd=run.parent, env=env, capture_output=True, text=True, timeout=400)
 
 
