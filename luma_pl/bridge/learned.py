@@ -67,6 +67,11 @@ class LearnedBridgeConfig(StrictConfig):
     """With a prior: when it is first set, copy it into the map's linear part (linear / orthogonal:
     the weight; mlp: the residual path, the residual branch staying at zero), so the learned bridge
     starts where the prior is instead of at a random map."""
+    prior_warmup_epochs: int = 0
+    """With a prior, in train.py: passes over the stream during which the map *is* the prior (set
+    at each of its refreshes and at the end of the pass, no gradient steps); learning starts from
+    the prior of the whole first pass(es) instead of one fitted on its first pairs. 0 = learn from
+    the first batch, starting from the first prior when ``init_from_prior``."""
     prior_weight: float = 0.0
     """λ of the penalty ``λ ||L - W_prior||_F²`` on the map's linear part L (0 = no pull): a
     learned bridge that drifts from the closed-form solution pays for it, the regulariser
@@ -88,6 +93,10 @@ class LearnedBridgeConfig(StrictConfig):
         require(self.prior in PRIORS, n, "prior", self.prior, f"use one of {PRIORS}")
         require(self.prior_refresh_every >= 1, n, "prior_refresh_every", self.prior_refresh_every,
                 "use a positive pair count, e.g. 256")
+        require(isinstance(self.prior_warmup_epochs, int) and self.prior_warmup_epochs >= 0, n, "prior_warmup_epochs",
+                self.prior_warmup_epochs, "use an int >= 0 (passes over the stream that only fit the prior)")
+        require(self.prior != "none" or self.prior_warmup_epochs == 0, n, "prior_warmup_epochs",
+                self.prior_warmup_epochs, "a warm-up fits the prior: set prior: procrustes, or prior_warmup_epochs: 0")
         require(self.prior_weight >= 0 and math.isfinite(self.prior_weight), n, "prior_weight", self.prior_weight,
                 "use a finite weight >= 0 (0 = no pull toward the prior)")
         require(self.prior != "none" or self.prior_weight == 0, n, "prior_weight", self.prior_weight,
@@ -181,10 +190,11 @@ class LearnedBridge(nn.Module):
         return self.net.proj.weight if isinstance(self.net, ResidualMLP) else self.net.weight
 
     @torch.no_grad()
-    def set_prior(self, W: torch.Tensor) -> bool:
-        """Take ``W`` (d_c, d_s) as the prior; the first one is copied into the linear part when
-        ``init_from_prior`` (the orthogonal parametrisation takes it through its right inverse: a
-        Procrustes map is semi-orthogonal). Returns whether the map was initialised from it."""
+    def set_prior(self, W: torch.Tensor, adopt: bool = False) -> bool:
+        """Take ``W`` (d_c, d_s) as the prior; the first one (every one with ``adopt``: a warm-up)
+        is copied into the linear part when ``init_from_prior`` (the orthogonal parametrisation takes
+        it through its right inverse: a Procrustes map is semi-orthogonal; the MLP's residual branch
+        is set back to zero on adoption). Returns whether the map was set from it."""
         if self.config.prior == "none":
             raise ValueError("set_prior: this bridge has prior='none'; build it with prior: procrustes")
         W = W.detach().to(self.prior_map.dtype)
@@ -194,7 +204,10 @@ class LearnedBridge(nn.Module):
         first = not bool(self.has_prior)
         self.prior_map.copy_(W)
         self.has_prior.fill_(1)
-        if first and self.config.init_from_prior:
+        if (first or adopt) and self.config.init_from_prior:
+            if isinstance(self.net, ResidualMLP):
+                self.net.fc2.weight.zero_()
+                self.net.fc2.bias.zero_()
             if nn.utils.parametrize.is_parametrized(self.net):
                 self.net.weight = W.clone()  # the orthogonal parametrisation: through its right inverse
             else:

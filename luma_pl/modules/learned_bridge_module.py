@@ -49,10 +49,15 @@ class LearnedBridgeModule(BridgeModuleBase):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         s, c = self.pairs(batch)
         self.score_before_learning(s, c)  # test, then train (prequential)
+        warming = self.warming_up()
         if self.prior_bridge is not None:  # joins the Procrustes increment all-reduce on schedule
             with torch.no_grad():
                 if self.prior_bridge.fit_step(s.float(), c.float()):
-                    self.bridge.set_prior(self.prior_bridge.A)
+                    self.bridge.set_prior(self.prior_bridge.A, adopt=warming)
+        if warming:  # the map is the prior for now (every rank alike: the epoch decides); no step
+            self.ingest_items(batch)
+            self.ask_stream_queries(batch)
+            return None
         loss, parts = self.bridge.loss(s, c)  # a collective under DDP, also for n = 0
         self.ingest_items(batch)  # the stream's items, through admission, into the memory
         self.ask_stream_queries(batch)  # the stream's queries record hits for tier migration
@@ -71,7 +76,13 @@ class LearnedBridgeModule(BridgeModuleBase):
             if math.isfinite(eps):
                 self.log("train/epsilon_interval", eps, on_step=True, on_epoch=False)
 
+    def warming_up(self) -> bool:
+        """A prior warm-up pass (``prior_warmup_epochs``): the same on every rank."""
+        return self.prior_bridge is not None and self.current_epoch < self.bridge.config.prior_warmup_epochs
+
     def on_train_epoch_end(self) -> None:
+        if self.prior_bridge is not None and self.prior_bridge.flush():  # the pass's last pairs (all ranks)
+            self.bridge.set_prior(self.prior_bridge.A, adopt=self.warming_up())
         rep = self.bridge.drift()
         if rep.value is not None and math.isfinite(rep.value):
             self.log("train/drift_from_reference", rep.value)

@@ -83,3 +83,23 @@ def test_the_module_feeds_its_streaming_procrustes_to_the_bridge():
     again = LearnedBridgeModule(bridge=module.bridge.config.to_dict(), module={"stream_queries_k": 0})
     again.load_state_dict(state)
     torch.testing.assert_close(again.bridge.prior_map, module.bridge.prior_map)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_a_warm_up_pass_ends_with_the_map_equal_to_the_whole_pass_procrustes(kind):
+    import lightning.pytorch as pl
+
+    from luma_pl.modules import LearnedBridgeModule
+
+    s, c = _pairs(n=512)
+    batches = [{"key": [str(i) for i in range(64)], "emb": {"wordllama": s[i:i + 64], "minilm": c[i:i + 64]},
+                "has": {"wordllama": torch.ones(64, dtype=torch.bool), "minilm": torch.ones(64, dtype=torch.bool)},
+                "skipped": 0} for i in range(0, 512, 64)]
+    module = LearnedBridgeModule(bridge={"kind": kind, "d_s": 8, "d_c": 12, "prior": "procrustes",
+                                         "prior_refresh_every": 192, "prior_warmup_epochs": 1},
+                                 module={"stream_queries_k": 0})
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    whole = _procrustes(s, c)  # every pair of the pass (the flush at the end of the pass adds the tail)
+    torch.testing.assert_close(module.bridge(s), whole(s).float(), atol=1e-4, rtol=0)
