@@ -204,8 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
                 table.append({"corpus": data["name"], "method": name, "csls": csls or 0, **res})
                 print(f"{data['name']:<12} {name:<60} csls={csls or 0:<3} " +
                       " ".join(f"{k} {v:.4f}" for k, v in res.items()), flush=True)
-    best_kind = max(selected, key=lambda k: next(r["R@10"] for r in table if r["corpus"] == tune["name"] and
-                                                 r["method"].startswith(f"learned {k}") and r["csls"] == 0))
+    best_kind = max(selected, key=lambda k: max(r["val_R@10"] for r in tried[k]))  # on validation, as the rest
     curve = prequential_curve(report, {"kind": best_kind, **selected[best_kind]})
     res = {"tuning": tune["name"], "report": report["name"], "csls_k": csls_k, "csls_grid": csls_grid,
            "selected": selected, "tried": tried, "table": table, "prequential": curve,
