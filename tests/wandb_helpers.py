@@ -16,8 +16,11 @@ from luma_pl.tracking.offline_run import run_file  # noqa: F401
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def offline_fit(shards: Path, run: Path, extra: list[str]) -> subprocess.CompletedProcess:
+def offline_fit(shards: Path, run: Path, extra: list[str], overlays: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """train.py fit on ``shards`` at small dims with an offline WandbLogger; ``overlays``: config
+    files (``configs/<name>``) layered on default.yaml before the small-dims arguments."""
     args = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs" / "default.yaml"),
+            *[a for o in overlays for a in ("--config", str(ROOT / "configs" / o))],
             "--data.root", str(shards), "--data.batch_size", "64",
             "--trainer.default_root_dir", str(run), "--trainer.enable_progress_bar", "false",
             "--trainer.logger", "lightning.pytorch.loggers.WandbLogger", "--trainer.logger.save_dir", str(run),

@@ -58,8 +58,25 @@ class BridgeModuleConfig(StrictConfig):
     the last this many canonical anchors are the gallery's distractors beside the batch's own.
     0 = off."""
 
+    holdout_by: str = "none"
+    """A held-out slice of the anchor stream (``luma_pl.stream.holdout``): 'none', 'hash' (a random
+    ``holdout_fraction`` of the events), 'topic' (whole topics) or 'time' (``ts >= holdout_after_ts``).
+    Held-out pairs are never learned from; validation asks only their queries, so ``val/*`` (what
+    EarlyStopping, ModelCheckpoint and sweeps select on) measures pairs the bridge did not see."""
+    holdout_fraction: float = 0.1
+    """Share of events ('hash') or topics ('topic') held out."""
+    holdout_after_ts: int | None = None
+    """'time': events with ``ts`` at or after this are held out."""
+
     def validate(self) -> None:
         n = "BridgeModuleConfig"
+        from luma_pl.stream.holdout import HOLDOUT_BY
+
+        require(self.holdout_by in HOLDOUT_BY, n, "holdout_by", self.holdout_by, f"use one of {HOLDOUT_BY}")
+        require(isinstance(self.holdout_fraction, (int, float)) and 0 < self.holdout_fraction < 1, n,
+                "holdout_fraction", self.holdout_fraction, "use a share in (0, 1), e.g. 0.1")
+        require(self.holdout_by != "time" or isinstance(self.holdout_after_ts, int), n, "holdout_after_ts",
+                self.holdout_after_ts, "holdout_by: time needs the ts from which events are held out, e.g. 1700000000")
         require(all(isinstance(k, int) and k >= 1 for k in self.ks) and self.ks, n, "ks", self.ks, "use positive ints, e.g. [1, 10]")
         for ext in self.media_keys.values():
             require(ext in MEDIA_MODALITY, n, "media_keys", self.media_keys, f"extensions must be in {sorted(MEDIA_MODALITY)}")
@@ -334,8 +351,14 @@ class BridgeModuleBase(LightningModule):
         """Anchor pairs ``s`` (n, d_s), ``c`` (n, d_c): rows where both spaces are present."""
         s, hs = self.space(batch, self.cfg.source_space)
         c, hc = self.space(batch, self.cfg.canonical_space)
-        both = hs & hc
+        both = hs & hc & ~self.held_out(batch).to(hs.device)  # a held-out pair is never learned from
         return s[both], c[both]
+
+    def held_out(self, batch: dict) -> torch.Tensor:
+        """(B,) bool: the batch's events in the held-out slice (``holdout_by``; all False without one)."""
+        from luma_pl.stream.holdout import holdout_mask
+
+        return holdout_mask(batch, self.cfg.holdout_by, self.cfg.holdout_fraction, self.cfg.holdout_after_ts)
 
     # --- validation ------------------------------------------------------------------------------
     def bridge_ready(self) -> bool:
@@ -359,10 +382,12 @@ class BridgeModuleBase(LightningModule):
         q, hq = self.space(batch, self.cfg.query_space)
         x, hx = self.space(batch, self.cfg.item_space)
         both = hq & hx
+        if self.cfg.holdout_by != "none":  # only the held-out events' queries; every item stays in the gallery
+            both = both & self.held_out(batch).to(hq.device)
         if self.bridge_ready() and bool(both.any()):
             self._val_q.append(self.bridge(q[both]).float())  # (n, d_c) bridged queries
         self._val_pos.append(x[both].float())  # (n, d_c): item i is the one relevant to query i
-        self._val_other.append(x[hx & ~hq].float())  # items with no query: distractors
+        self._val_other.append(x[hx & ~both].float())  # items not asked for: distractors
 
     def on_validation_epoch_end(self) -> None:
         self._log_retrieval("val")

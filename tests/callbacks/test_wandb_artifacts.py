@@ -82,3 +82,26 @@ def test_train_then_evaluate_artifacts_join_in_one_lineage(tmp_path):
     # W&B charts of the windows use events ingested as their x axis, as the report's plots do
     metrics = [r.metric for r in wandb_records(run_file(str(eval_dir))) if r.HasField("metric")]
     assert any(m.glob_name == "eval/*" and m.step_metric == "eval/events" for m in metrics)
+
+
+@pytest.mark.slow
+def test_selection_on_the_held_out_slice_logs_the_best_checkpoint(tmp_path):
+    """ModelCheckpoint on val/recall@10 of the held-out slice (what the bridge never learned from):
+    the best checkpoint is logged with the alias best, beside StreamCheckpoint's latest. A learned
+    bridge: ModelCheckpoint saves only when the global step moved, and Procrustes takes no steps."""
+    _shards(tmp_path / "shards")
+    run = tmp_path / "run"
+    run.mkdir()
+    fit = offline_fit(tmp_path / "shards", run, [
+        "--model.init_args.module.holdout_by", "hash", "--model.init_args.module.holdout_fraction", "0.2",
+        "--trainer.enable_checkpointing", "true",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.monitor", "val/recall@10", "--trainer.callbacks.mode", "max",
+        "--trainer.callbacks.dirpath", str(run / "best"), "--trainer.max_epochs", "3"],
+        overlays=("bridge_linear.yaml",))
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    (train_dir,) = offline_runs(run)
+    models = [a for a in _artifacts(train_dir) if a.type == "model"]
+    aliases = {alias for a in models for alias in a.aliases}
+    assert {"latest", "best"} <= aliases, [(a.name, list(a.aliases)) for a in models]
+    assert len({a.name for a in models}) == 1  # versions of one artifact: model-<run id>
