@@ -65,7 +65,11 @@ def test_evaluate_single_process_report_plots_and_wandb(tmp_path):
     assert summary["latency_samples"] == sum(samples) and 0 < sum(samples) <= 8 * 10
     assert 0 < summary["latency_p50_ms"] <= summary["latency_p99_ms"] < 1e3
     assert np.isfinite(summary["search_ms_per_query"])
-    for png in ("recall_over_time", "memory_over_time", "safe_at_k_over_time", "latency_over_time"):
+    # prequential: every anchor pair once the bridge maps, scored before it is learned (the exact map
+    # is recovered at the first refresh, so later pairs are found among the batch + the last 1024)
+    assert 0 < summary["preq_pairs"] <= 640 and summary["preq_recall@1"] > 0.95
+    for png in ("recall_over_time", "memory_over_time", "safe_at_k_over_time", "latency_over_time",
+                "prequential_over_time"):
         assert (tmp_path / "run" / "report" / f"{png}.png").stat().st_size > 1000
     runs = list(wandb_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0

@@ -19,6 +19,9 @@ PLOTS = {
     "recall_over_time.png": dict(RATE, title="Retrieval of the sampled queries, k = {k}", curves=[
         ("recall@k", "Recall@{k}"), ("mrr@k", "MRR@{k}"), ("ndcg@k", "nDCG@{k}"),
         ("old_hit_rate", "HitRate@{k}, queries of earlier events")]),
+    "prequential_over_time.png": dict(RATE, title="Prequential: each anchor pair scored before the bridge learns it",
+                                      curves=[("preq_recall@1", "Recall@1 among the batch + last 1024 anchors"),
+                                              ("preq_recall@k", "Recall@{k}"), ("preq_mrr@k", "MRR@{k}")]),
     "memory_over_time.png": dict(title="Memory over the stream (grey lines: budgets)", ylabel="items",
                                  curves=[("hot_items", "hot items"), ("warm_items", "warm items"), ("evicted", "evicted")],
                                  budgets=[("hot_max_items", "hot budget"), ("warm_max_items", "warm budget")]),
@@ -40,7 +43,8 @@ Wilson band with the window's query count; ``budgets``: grey lines at the memory
 LINES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "x", "d")
 
-INTERVAL_OF = {"old_hit_rate": "old_queries"}
+INTERVAL_OF = {"old_hit_rate": "old_queries", "preq_recall@1": "preq_pairs", "preq_recall@k": "preq_pairs",
+               "preq_mrr@k": "preq_pairs"}
 """Rates whose denominator is not the window's ``queries`` (the point's key holding it)."""
 
 CI_METRICS = ("hit_rate@k", "recall@k", "mrr@k", "ndcg@k", "safe@1", "safe@k", "crude_safe@1")
@@ -95,6 +99,8 @@ def summarise(series: list[dict], k: int, latency: LatencyHistogram | None = Non
                 f"labelled_safe@{k}": weighted("labelled_safe@k", "labelled_queries"),
                 "labelled_relevant": total("labelled_relevant"),
                 "labelled_relevant_unseen": total("labelled_relevant_unseen")}
+    prequential = {m.replace("@k", f"@{k}"): weighted(m, "preq_pairs")
+                   for m in ("preq_recall@1", "preq_recall@k", "preq_mrr@k", "preq_cosine")}
     last = series[-1]
     lat50 = [p["latency_p50_ms"] for p in series if math.isfinite(p["latency_p50_ms"])]
     lat99 = [p["latency_p99_ms"] for p in series if math.isfinite(p["latency_p99_ms"])]
@@ -116,7 +122,8 @@ def summarise(series: list[dict], k: int, latency: LatencyHistogram | None = Non
             "duplicates_skipped": int(sum(p.get("duplicates_skipped", 0) for p in series)),
             "replay_skipped": int(sum(p.get("replay_skipped", 0) for p in series)),
             "replay_events_skipped": int(sum(p.get("replay_events_skipped", 0) for p in series)),
-            **labelled, **radius_summary(radii, k), "wall_s": last["wall_s"]}
+            **labelled, **prequential, "preq_pairs": total("preq_pairs"),
+            **radius_summary(radii, k), "wall_s": last["wall_s"]}
     n_all = float(q.sum())
     for m in CI_METRICS:  # pooled over every sampled query of the run
         name = m.replace("@k", f"@{k}")

@@ -60,12 +60,14 @@ SUMS = ("queries", "hit", "recall", "mrr", "ndcg", "safe1", "safek", "crude1",
         "eps_q", "zeta1", "margin_top2", "ingested", "fresh_queries_hit", "fresh_queries", "old_queries_hit",
         "old_queries", "duplicates", "replay_skipped", "replay_events_skipped",
         "labelled_asked", "labelled_scored", "labelled_hit", "labelled_recall", "labelled_mrr", "labelled_ndcg",
-        "labelled_safe1", "labelled_safek", "labelled_unanswered", "labelled_relevant", "labelled_relevant_unseen")
+        "labelled_safe1", "labelled_safek", "labelled_unanswered", "labelled_relevant", "labelled_relevant_unseen",
+        "preq_n", "preq_hit1", "preq_hitk", "preq_rr", "preq_cos")
 """Sampled queries (``queries`` ... ``old_queries``) and labelled query events (``labelled_*``) are
 summed apart: ``labelled_asked`` were answered, ``labelled_scored`` of them list a relevant item (the
 rates' denominator), ``labelled_unanswered`` came before the bridge mapped anything or without a
 query vector, ``labelled_relevant_unseen`` of the ``labelled_relevant`` ids listed had not arrived
-when the query was asked (a stream that asks about its future)."""
+when the query was asked (a stream that asks about its future). ``preq_*``: prequential sums of the
+anchor pairs (``luma_pl.bridge.prequential``: each pair scored by the bridge before it learns it)."""
 
 SAMPLED, LABELLED = 0, 1
 RADII = ("radius@1", "radius@k")
@@ -349,14 +351,15 @@ class StreamEvaluator(pl.LightningModule):
 
         # 2. bridge: this rank's share of the anchor pairs; learning is a collective (Procrustes
         # all-reduces its increments, a learned bridge its gradients)
+        if B:
+            pair = has[cfg.source_space] & has[cfg.item_space] & ~torch.from_numpy(labelled)
+            pair[torch.arange(B) % world != rank] = False
+            s, c = emb[cfg.source_space][pair], emb[cfg.item_space][pair]
+        else:
+            s = torch.zeros(0, self.stream_bridge.d_s)
+            c = torch.zeros(0, self.stream_bridge.d_c)
+        self._score_prequential(s, c)  # test, then train: the pairs under the bridge before it learns them
         if cfg.fit_bridge:
-            if B:
-                pair = has[cfg.source_space] & has[cfg.item_space] & ~torch.from_numpy(labelled)
-                pair[torch.arange(B) % world != rank] = False
-                s, c = emb[cfg.source_space][pair], emb[cfg.item_space][pair]
-            else:
-                s = torch.zeros(0, self.stream_bridge.d_s)
-                c = torch.zeros(0, self.stream_bridge.d_c)
             self.stream.learn(s, c)
 
         # 3. queries: the same global selection on every rank, rows split by rank
@@ -491,6 +494,12 @@ class StreamEvaluator(pl.LightningModule):
                  "fresh_hit_rate": s["fresh_queries_hit"] / max(s["fresh_queries"], 1.0),
                  "old_hit_rate": s["old_queries_hit"] / max(s["old_queries"], 1.0),
                  **labelled_point(s),
+                 "preq_pairs": s["preq_n"], **({"preq_recall@1": s["preq_hit1"] / s["preq_n"],
+                                               "preq_recall@k": s["preq_hitk"] / s["preq_n"],
+                                               "preq_mrr@k": s["preq_rr"] / s["preq_n"],
+                                               "preq_cosine": s["preq_cos"] / s["preq_n"]} if s["preq_n"] else
+                                              dict.fromkeys(("preq_recall@1", "preq_recall@k", "preq_mrr@k",
+                                                             "preq_cosine"), math.nan)),
                  "latency_p50_ms": quantile(probe_counts, 0.5) * 1e3, "latency_p99_ms": quantile(probe_counts, 0.99) * 1e3,
                  "latency_samples": float(probe_counts.sum()),
                  "search_ms_per_query": float(np.median(lat) * 1e3) if len(lat) else math.nan,
@@ -512,6 +521,22 @@ class StreamEvaluator(pl.LightningModule):
             for logger in self.trainer.loggers:
                 logger.log_metrics(metrics, step=self._batches)
         self._reset_window()
+
+    def _score_prequential(self, s: torch.Tensor, c: torch.Tensor) -> None:
+        """Prequential sums of this rank's anchor pairs under the bridge as it is (added to the window's
+        sums, all-reduced with them); nothing before the bridge maps anything (the same on every rank)."""
+        from luma_pl.bridge.prequential import PrequentialScore
+
+        if not self.stream.ready():
+            return
+        if getattr(self, "_prequential", None) is None:
+            self._prequential = PrequentialScore(self.stream_bridge.d_c, 1024, (1, self.cfg.k))
+        with torch.no_grad():
+            mapped = self.bridge(s.float()).float() if len(s) else c.float()
+            sums = self._prequential.score(mapped, c.float())
+        self._prequential.push(c)
+        for name, v in zip(("preq_n", "preq_hit1", "preq_hitk", "preq_rr", "preq_cos"), sums.tolist(), strict=True):
+            self._sums[SUMS.index(name)] += v
 
     def on_test_start(self) -> None:
         # W&B charts of the windows read like the report's plots: x = events ingested, not batches
