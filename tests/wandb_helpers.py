@@ -45,3 +45,17 @@ def run_offline(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def offline_runs(run: Path) -> list[str]:
     return sorted(glob.glob(str(run / "wandb" / "offline-run-*")))
+
+
+def fit_one_offline_run(tmp_path: Path, extra: list[str] = (), overlays: tuple[str, ...] = ()) -> tuple[Path, str, str]:
+    """Write the small test stream, run one offline train.py fit on it; returns (run folder, the W&B
+    run's folder, its id)."""
+    from test_train_resume import _shards
+
+    _shards(tmp_path / "shards")
+    run = tmp_path / "run"
+    run.mkdir()
+    fit = offline_fit(tmp_path / "shards", run, list(extra), overlays)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    (run_dir,) = offline_runs(run)
+    return run, run_dir, run_dir.rsplit("-", 1)[1]

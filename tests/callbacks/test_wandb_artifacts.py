@@ -12,8 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-from test_train_resume import _shards  # noqa: E402
-from wandb_helpers import offline_fit, offline_runs, run_file, run_offline, wandb_records  # noqa: E402
+from wandb_helpers import fit_one_offline_run, run_file, run_offline, wandb_records  # noqa: E402
 
 OURS = {"dataset", "model", "memory", "evaluation"}  # W&B's own run_table artifacts (wandb.Table) aside
 
@@ -28,13 +27,7 @@ def _files(art) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_train_then_evaluate_artifacts_join_in_one_lineage(tmp_path):
-    _shards(tmp_path / "shards")
-    run = tmp_path / "run"
-    run.mkdir()
-    fit = offline_fit(tmp_path / "shards", run, [])
-    assert fit.returncode == 0, fit.stderr[-3000:]
-    (train_dir,) = offline_runs(run)
-    train_id = train_dir.rsplit("-", 1)[1]
+    run, train_dir, train_id = fit_one_offline_run(tmp_path)
     train = {a.type: a for a in _artifacts(train_dir)}
     assert set(train) == {"dataset", "model", "memory"}, [(a.type, a.name) for a in train.values()]
     data, model, memory = train["dataset"], train["model"], train["memory"]
@@ -89,18 +82,13 @@ def test_selection_on_the_held_out_slice_logs_the_best_checkpoint(tmp_path):
     """ModelCheckpoint on val/recall@10 of the held-out slice (what the bridge never learned from):
     the best checkpoint is logged with the alias best, beside StreamCheckpoint's latest. A learned
     bridge: ModelCheckpoint saves only when the global step moved, and Procrustes takes no steps."""
-    _shards(tmp_path / "shards")
-    run = tmp_path / "run"
-    run.mkdir()
-    fit = offline_fit(tmp_path / "shards", run, [
+    _, train_dir, _ = fit_one_offline_run(tmp_path, [
         "--model.init_args.module.holdout_by", "hash", "--model.init_args.module.holdout_fraction", "0.2",
         "--trainer.enable_checkpointing", "true",
         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
         "--trainer.callbacks.monitor", "val/recall@10", "--trainer.callbacks.mode", "max",
-        "--trainer.callbacks.dirpath", str(run / "best"), "--trainer.max_epochs", "3"],
+        "--trainer.callbacks.dirpath", str(tmp_path / "run" / "best"), "--trainer.max_epochs", "3"],
         overlays=("bridge_linear.yaml",))
-    assert fit.returncode == 0, fit.stderr[-3000:]
-    (train_dir,) = offline_runs(run)
     models = [a for a in _artifacts(train_dir) if a.type == "model"]
     aliases = {alias for a in models for alias in a.aliases}
     assert {"latest", "best"} <= aliases, [(a.name, list(a.aliases)) for a in models]

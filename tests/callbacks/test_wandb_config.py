@@ -17,8 +17,7 @@ from callbacks.wandb_config import flatten_config
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-from test_train_resume import _shards  # noqa: E402
-from wandb_helpers import offline_fit, offline_runs, wandb_records  # noqa: E402
+from wandb_helpers import fit_one_offline_run, offline_fit, offline_runs, wandb_records  # noqa: E402
 
 
 def test_flatten_config_keeps_scalars_and_names_every_leaf():
@@ -28,13 +27,7 @@ def test_flatten_config_keeps_scalars_and_names_every_leaf():
 
 @pytest.mark.slow
 def test_config_reaches_wandb_and_ckpt_path_continues_the_run(tmp_path):
-    _shards(tmp_path / "shards")
-    run = tmp_path / "run"
-    run.mkdir()
-    first = offline_fit(tmp_path / "shards", run, [])
-    assert first.returncode == 0, first.stderr[-3000:]
-    (d1,) = offline_runs(run)
-    run_id = d1.rsplit("-", 1)[1]
+    run, d1, run_id = fit_one_offline_run(tmp_path)
     ckpt = run / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True, map_location="cpu")["luma_wandb_run"] == {"id": run_id}
     # the resolved config, every group, in the run's config file (categorical values as strings)
