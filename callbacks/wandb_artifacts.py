@@ -53,6 +53,12 @@ class WandbArtifacts(pl.Callback):
                 return lg.experiment
         return None
 
+    @staticmethod
+    def _has_wandb(trainer: pl.Trainer) -> bool:
+        from lightning.pytorch.loggers import WandbLogger
+
+        return any(isinstance(lg, WandbLogger) for lg in trainer.loggers)
+
     def _record(self, run, how: str, artifact, aliases: list[str] | None = None) -> None:
         from luma_pl.tracking.lineage import declare_logged, declare_used
 
@@ -78,7 +84,9 @@ class WandbArtifacts(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from luma_pl.tracking.lineage import checkpoint_artifact, files_artifact
 
-        snapshot = self._save_memory(trainer, pl_module) if self.log_memory else None  # every rank
+        # every rank saves its shard, but only where a WandbLogger is configured (the same on every rank:
+        # the logger object exists on all of them, its run on rank 0 only)
+        snapshot = self._save_memory(trainer, pl_module) if self.log_memory and self._has_wandb(trainer) else None
         run = self._run(trainer)
         if run is None:
             return
