@@ -57,6 +57,11 @@ class LearnedBridgeConfig(StrictConfig):
     refresh_every: int = 50
     """R: optimizer steps between two drift measurements (``mark_interval``). ε for Safe@k is the
     certified bound on the map's change over the last interval, as for the Procrustes bridge."""
+    negative_queue: int = 0
+    """MoCo-style negative pool: the canonical vectors of the last this many anchor pairs (detached,
+    this rank's) are extra negatives for the bridged-query side of InfoNCE, beyond the batch (and
+    the other ranks' rows under DDP). 0 = in-batch negatives only. With a queue, two ranks are no
+    longer the same computation as one process (each rank's queue holds its own rows)."""
     prior: str = "none"
     """A closed-form map the learned one starts from and is pulled toward: 'none', or 'procrustes'
     (``LearnedBridgeModule`` keeps a ``StreamingProcrustes`` on the same anchor pairs and hands each
@@ -90,6 +95,8 @@ class LearnedBridgeConfig(StrictConfig):
         require(self.lr > 0, n, "lr", self.lr, "use a positive learning rate")
         require(self.weight_decay >= 0, n, "weight_decay", self.weight_decay, "use >= 0")
         require(self.refresh_every >= 1, n, "refresh_every", self.refresh_every, "use R >= 1 optimizer steps (e.g. 50)")
+        require(isinstance(self.negative_queue, int) and self.negative_queue >= 0, n, "negative_queue",
+                self.negative_queue, "use an int >= 0, e.g. 4096 (0 = in-batch negatives only)")
         require(self.prior in PRIORS, n, "prior", self.prior, f"use one of {PRIORS}")
         require(self.prior_refresh_every >= 1, n, "prior_refresh_every", self.prior_refresh_every,
                 "use a positive pair count, e.g. 256")
@@ -169,6 +176,10 @@ class LearnedBridge(nn.Module):
             self.register_buffer("ref_" + name.replace(".", "_"), t.detach().clone())
             self.register_buffer("prev_" + name.replace(".", "_"), t.detach().clone())
         self.register_buffer("has_ref", torch.zeros((), dtype=torch.int64))
+        if cfg.negative_queue:  # only then (as the prior's): older checkpoints keep their keys
+            self.register_buffer("queue", torch.zeros(cfg.negative_queue, cfg.d_c))
+            self.register_buffer("queue_filled", torch.zeros((), dtype=torch.int64))
+            self.register_buffer("queue_pos", torch.zeros((), dtype=torch.int64))
         if cfg.prior != "none":  # only then: checkpoints of bridges without a prior keep their keys
             self.register_buffer("prior_map", torch.zeros(cfg.d_c, cfg.d_s))
             self.register_buffer("has_prior", torch.zeros((), dtype=torch.int64))
@@ -253,9 +264,14 @@ class LearnedBridge(nn.Module):
             return zero, {"infonce": zero.detach(), "mse": zero.detach(), "logit_scale": self.logit_scale().detach()}
         scale = self.logit_scale()
         target = torch.arange(q.shape[0], device=q.device) + off  # local row i pairs with global column off+i
-        ce = tf.cross_entropy(scale * q @ K.T, target, reduction="sum") + tf.cross_entropy(
+        items = K
+        if self.config.negative_queue and int(self.queue_filled):  # earlier anchors: negatives only
+            items = torch.cat([K, self.queue[: int(self.queue_filled)].to(K.dtype)])
+        ce = tf.cross_entropy(scale * q @ items.T, target, reduction="sum") + tf.cross_entropy(
             scale * k @ Q.T, target, reduction="sum"
-        )  # rows: this rank's queries vs all items, and this rank's items vs all queries
+        )  # rows: this rank's queries vs all items (+ the queue), and this rank's items vs all queries
+        if self.config.negative_queue and self.training:
+            self._enqueue(k.detach())
         infonce = world * ce / (2 * n_global)
         mse = world * ((q - k) ** 2).sum() / n_global
         total = infonce + self.config.mse_weight * mse if self.config.mse_weight > 0 else infonce
@@ -265,6 +281,18 @@ class LearnedBridge(nn.Module):
             total = total + self.config.prior_weight * pull
             parts["prior_pull"] = pull.detach()
         return total, parts
+
+    @torch.no_grad()
+    def _enqueue(self, k: torch.Tensor) -> None:
+        """Push this batch's canonical vectors into the negative queue, the oldest overwritten first."""
+        n_q = self.config.negative_queue
+        rows = k[-n_q:].to(self.queue.dtype)
+        if not len(rows):
+            return
+        idx = (int(self.queue_pos) + torch.arange(len(rows), device=rows.device)) % n_q
+        self.queue[idx.to(self.queue.device)] = rows.to(self.queue.device)
+        self.queue_pos.fill_((int(self.queue_pos) + len(rows)) % n_q)
+        self.queue_filled.fill_(min(int(self.queue_filled) + len(rows), n_q))
 
     def make_optimizer(self) -> torch.optim.AdamW:
         """The bridge's optimizer, the same wherever it learns (train.py, evaluate.py, ``fit_step``):

@@ -103,3 +103,25 @@ def test_a_warm_up_pass_ends_with_the_map_equal_to_the_whole_pass_procrustes(kin
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
     whole = _procrustes(s, c)  # every pair of the pass (the flush at the end of the pass adds the tail)
     torch.testing.assert_close(module.bridge(s), whole(s).float(), atol=1e-4, rtol=0)
+
+
+def test_the_negative_queue_adds_earlier_anchors_as_negatives_only():
+    s, c = _pairs(n=96)
+    torch.manual_seed(0)
+    b = LearnedBridge(LearnedBridgeConfig(kind="linear", d_s=8, d_c=12, negative_queue=48))
+    b.train()
+    b.loss(s[:32], c[:32])  # fills 32 rows
+    b.loss(s[32:64], c[32:64])  # 48 rows: 16 of the first batch overwritten
+    assert int(b.queue_filled) == 48
+    torch.testing.assert_close(b.queue[:16], tf.normalize(c[48:64], dim=1))  # wrapped around
+    b.eval()  # no enqueue outside training
+    got, _ = b.loss(s[64:], c[64:])
+    with torch.no_grad():
+        q, k = b(s[64:]), tf.normalize(c[64:], dim=1)
+        scale = b.logit_scale()
+        items = torch.cat([k, b.queue])
+        t = torch.arange(32)
+        want = (tf.cross_entropy(scale * q @ items.T, t, reduction="sum")
+                + tf.cross_entropy(scale * k @ q.T, t, reduction="sum")) / (2 * 32)
+    torch.testing.assert_close(got.detach(), want, atol=1e-5, rtol=1e-5)
+    assert int(b.queue_filled) == 48
