@@ -91,9 +91,23 @@ def build_folder(args: argparse.Namespace) -> dict:
     media_stems = {p.with_suffix("") for p in files if p.suffix[1:].lower() != "txt"}
     files = [p for p in files if not (p.suffix == ".txt" and p.with_suffix("") in media_stems)]
     encoders = _encoders(args)
+    batch_size = int(getattr(args, "batch_size", 64))
+    if batch_size < 1:
+        raise SystemExit(f"--batch-size {batch_size} must be >= 1 (1 = one file per forward pass)")
     t0 = time.perf_counter()
     skipped: list[dict] = []  # files that could not be decoded: counted and named, never silent
+    pending: list[dict] = []  # decoded files waiting for one batched forward pass per tower
+    forwards = 0
     with ShardSetWriter(args.out, args.name, args.events_per_shard) as writer:
+        def flush() -> None:
+            nonlocal forwards
+            if pending:
+                forwards += 1
+                for event, emb in zip(pending, _embed_batch(encoders, pending), strict=True):
+                    writer.write_event(ts=event["ts"], key=event["key"], topic=event["topic"], emb=emb,
+                                       media=event["media"])
+                pending.clear()
+
         for rank, path in enumerate(files):
             rel = path.relative_to(src).as_posix()
             ext = path.suffix[1:].lower()
@@ -104,28 +118,42 @@ def build_folder(args: argparse.Namespace) -> dict:
             if ext == "txt":
                 caption = path.read_text(encoding="utf-8").strip()
             topic = rel.split("/")[0] if "/" in rel else ""
+            ts = meta.get("ts")
+            ts = int(ts) if ts is not None else rank
+            if ext in VIDEO_EXTS:  # a video is its own batch of frames: written in place, in file order
+                flush()
+                try:
+                    emb = _embed_batch(encoders, [{"caption": caption, "image": None, "audio": {}}])[0]
+                    frames = _embed_frames(encoders, path, args.video_fps, args.video_max_frames)
+                except MediaError as err:
+                    skipped.append({"file": rel, "reason": str(err)})
+                    print(f"skipped {rel}: {err}", file=sys.stderr)
+                    continue
+                # video bytes are not copied into the shard: its frames travel as embeddings
+                writer.write_event(ts=ts, key=f"{rank:09d}", topic=topic, emb={**emb, **frames.pop("clip", {})},
+                                   media={"txt": caption} if caption else {})
+                # each sampled frame is an event of its own (same ts and topic), in <space>_frame
+                for f, vecs in enumerate(frames.get("frames", [])):
+                    writer.write_event(ts=ts, key=f"{rank:09d}_f{f:04d}", topic=topic, emb=vecs, media={})
+                continue
             try:
-                emb = _embed_event(encoders, path, ext, caption)
-                frames = (_embed_frames(encoders, path, args.video_fps, args.video_max_frames)
-                          if ext in VIDEO_EXTS else {})
+                decoded = _decode_file(encoders, path, ext)
             except MediaError as err:
                 skipped.append({"file": rel, "reason": str(err)})
                 print(f"skipped {rel}: {err}", file=sys.stderr)
                 continue
-            # video bytes are not copied into the shard: its frames travel as embeddings
-            media = {} if ext == "txt" or ext in VIDEO_EXTS else {("jpg" if ext == "jpeg" else ext): path.read_bytes()}
+            media = {} if ext == "txt" else {("jpg" if ext == "jpeg" else ext): path.read_bytes()}
             if caption:
                 media["txt"] = caption
-            ts = meta.get("ts")
-            ts = int(ts) if ts is not None else rank
-            writer.write_event(ts=ts, key=f"{rank:09d}", topic=topic, emb={**emb, **frames.pop("clip", {})},
-                               media=media)
-            # each sampled frame is an event of its own (same ts and topic), in <space>_frame
-            for f, vecs in enumerate(frames.get("frames", [])):
-                writer.write_event(ts=ts, key=f"{rank:09d}_f{f:04d}", topic=topic, emb=vecs, media={})
+            pending.append({**decoded, "caption": caption, "ts": ts, "key": f"{rank:09d}", "topic": topic,
+                            "media": media})
+            if len(pending) == batch_size:
+                flush()
+        flush()
     manifest = writer.close()
     return {"events": manifest.total_events, "shards": len(manifest.shards), "spaces": manifest.spaces,
-            "media": manifest.media, "skipped": skipped, "seconds": round(time.perf_counter() - t0, 3), "out": str(args.out)}
+            "media": manifest.media, "skipped": skipped, "batches": forwards, "batch_size": batch_size,
+            "seconds": round(time.perf_counter() - t0, 3), "out": str(args.out)}
 
 
 def _encoders(args: argparse.Namespace) -> list:
@@ -295,23 +323,43 @@ def build_arrays(args: argparse.Namespace) -> dict:
             "out": str(args.out)}
 
 
-def _embed_event(encoders: list, path: Path, ext: str, caption: str | None) -> dict[str, np.ndarray]:
-    """Entries ``<space>`` (the file's image/audio by that encoder's own tower) and ``<space>_text``
-    (the caption by its text tower): a caption embedded by both CLAP-text and CLIP-text is exactly
-    the anchor pair the bridge learns from. Each value is ``(d,)`` float32, unit norm."""
+def _decode_file(encoders: list, path: Path, ext: str) -> dict:
+    """A media file decoded for the encoders: ``image`` (PIL or None) and ``audio`` (encoder space ->
+    mono wave at that encoder's rate). A MediaError names the file."""
     from luma_pl.media import load_audio, load_image
 
-    image = load_image(path) if ext in IMAGE_EXTS else None  # MediaError names the file
-    emb: dict[str, np.ndarray] = {}
+    image = load_image(path) if ext in IMAGE_EXTS else None
+    audio = {enc.space: load_audio(path, enc.sample_rate, window_s=enc.audio_window_s)
+             for enc in encoders if ext in AUDIO_EXTS and "audio" in enc.modalities}
+    return {"image": image, "audio": audio}
+
+
+def _embed_batch(encoders: list, events: list[dict]) -> list[dict[str, np.ndarray]]:
+    """Decoded files (``_decode_file`` + ``caption``) -> per event ``{<space>: (d,), <space>_text: (d,)}``:
+    the image/audio by each encoder's own tower and the caption by its text tower (a caption embedded
+    by both CLAP-text and CLIP-text is the anchor pair the bridge learns from), one forward pass per
+    tower for the whole batch. Unit rows, float32."""
+    out: list[dict[str, np.ndarray]] = [{} for _ in events]
+    n = max(1, len(events))
+
+    def put(space: str, rows: list[int], vectors) -> None:
+        for i, v in zip(rows, vectors.cpu().numpy(), strict=True):
+            out[i][space] = v
+
     for enc in encoders:
-        if image is not None and "image" in enc.modalities:
-            emb[enc.space] = enc.encode_image([image])[0].cpu().numpy()
-        if ext in AUDIO_EXTS and "audio" in enc.modalities:
-            wave = load_audio(path, enc.sample_rate, window_s=enc.audio_window_s)  # (T,) mono at the model rate
-            emb[enc.space] = enc.encode_audio([wave])[0].cpu().numpy()
-        if caption and "text" in enc.modalities:
-            emb[f"{enc.space}_text"] = enc.encode_text([caption])[0].cpu().numpy()
-    return emb
+        if "image" in enc.modalities:
+            rows = [i for i, e in enumerate(events) if e["image"] is not None]
+            if rows:
+                put(enc.space, rows, enc.encode_image([events[i]["image"] for i in rows], batch_size=n))
+        if "audio" in enc.modalities:
+            rows = [i for i, e in enumerate(events) if enc.space in e["audio"]]
+            if rows:
+                put(enc.space, rows, enc.encode_audio([events[i]["audio"][enc.space] for i in rows], batch_size=n))
+        if "text" in enc.modalities:
+            rows = [i for i, e in enumerate(events) if e["caption"]]
+            if rows:
+                put(f"{enc.space}_text", rows, enc.encode_text([events[i]["caption"] for i in rows], batch_size=n))
+    return out
 
 
 def _embed_frames(encoders: list, path: Path, fps: float, max_frames: int | None) -> dict:
@@ -378,6 +426,8 @@ def make_parser() -> argparse.ArgumentParser:
             s.add_argument("--encoders", nargs="+", default=["minilm", "wordllama"],
                            help="encoder kinds, or EncoderConfig JSON objects for clip/clap")
             s.add_argument("--video-fps", type=float, default=1.0, help="frames sampled per second of video")
+            s.add_argument("--batch-size", type=int, default=64, help="files per forward pass (default: "
+                           "%(default)s; 1 = one file per forward; a video is always its own batch of frames)")
             s.add_argument("--video-max-frames", type=int, default=64, help="at most this many frames per video")
     return p
 

@@ -373,3 +373,24 @@ def test_build_shards_folder_video_frames_and_pooled_clip(tmp_path):
     np.testing.assert_allclose(emb["clip"][0], pooled.numpy(), atol=1e-5)
     np.testing.assert_allclose(emb["clip_frame"][1:], per_frame.numpy(), atol=1e-5)
     assert np.concatenate([c.ts for c in chunks]).tolist() == [0] * 5
+
+
+def test_build_shards_folder_batches_files_per_forward_pass(tmp_path):
+    """--batch-size N: N files per forward pass per tower, the same vectors as one file per pass."""
+    from data_modules.build_shards import build_folder, make_parser
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, text in enumerate(["a cat sleeps", "a dog runs in the park", "rain on the window", "a violin solo",
+                              "trains at night"]):
+        (src / f"{i}.txt").write_text(text)
+    out = {}
+    for bs in (1, 2):
+        args = make_parser().parse_args(["folder", "--src", str(src), "--out", str(tmp_path / f"out{bs}"),
+                                         "--encoders", "wordllama", "minilm", "--batch-size", str(bs)])
+        report = build_folder(args)
+        assert report["events"] == 5 and report["batches"] == (5 if bs == 1 else 3)
+        _, chunks, _ = _read_all(tmp_path / f"out{bs}")
+        out[bs] = {sp: np.concatenate([c.emb[sp] for c in chunks]) for sp in ("wordllama_text", "minilm_text")}
+    for sp in out[1]:
+        np.testing.assert_allclose(out[2][sp], out[1][sp], atol=1e-5)
