@@ -189,8 +189,8 @@ def encode_samples(encoders: list, samples: list) -> tuple[dict[str, np.ndarray]
             put(enc.space, enc.dim, rows, enc.encode_audio([samples[i].audio for i in rows], batch_size=max(1, n)))
         if "text" in enc.modalities:
             rows = [i for i, s in enumerate(samples) if s.caption]
-            put(f"{enc.space}_text", enc.dim, rows,
-                enc.encode_text([samples[i].caption for i in rows], batch_size=max(1, n)))
+            put(f"{enc.space}_text", enc.dim, rows,  # the encoder's own length-sorted chunks
+                enc.encode_text([samples[i].caption for i in rows]))
     return emb, has
 
 
@@ -358,7 +358,8 @@ def _embed_batch(encoders: list, events: list[dict]) -> list[dict[str, np.ndarra
         if "text" in enc.modalities:
             rows = [i for i, e in enumerate(events) if e["caption"]]
             if rows:
-                put(f"{enc.space}_text", rows, enc.encode_text([events[i]["caption"] for i in rows], batch_size=n))
+                # texts: the encoder's own length-sorted chunks (padding costs more than passes)
+                put(f"{enc.space}_text", rows, enc.encode_text([events[i]["caption"] for i in rows]))
     return out
 
 
@@ -426,8 +427,9 @@ def make_parser() -> argparse.ArgumentParser:
             s.add_argument("--encoders", nargs="+", default=["minilm", "wordllama"],
                            help="encoder kinds, or EncoderConfig JSON objects for clip/clap")
             s.add_argument("--video-fps", type=float, default=1.0, help="frames sampled per second of video")
-            s.add_argument("--batch-size", type=int, default=64, help="files per forward pass (default: "
-                           "%(default)s; 1 = one file per forward; a video is always its own batch of frames)")
+            s.add_argument("--batch-size", type=int, default=256, help="files encoded together (default: "
+                           "%(default)s): images / audio in one forward pass, texts in the encoder's "
+                           "length-sorted chunks; 1 = one file per forward; a video is always its own batch")
             s.add_argument("--video-max-frames", type=int, default=64, help="at most this many frames per video")
     return p
 

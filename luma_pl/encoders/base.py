@@ -42,7 +42,9 @@ class FrozenEncoder(nn.Module):
 
     # Default batch size per modality when neither the call nor the constructor gives one: audio
     # towers see 10 s spectrograms, so they get smaller batches.
-    DEFAULT_BATCH_SIZE = {"text": 64, "image": 64, "audio": 16}
+    DEFAULT_BATCH_SIZE = {"text": 16, "image": 64, "audio": 16}
+    """Items per forward pass when the caller gives none. Text: 16 length-sorted texts (on 1 CPU
+    thread, MiniLM over 256 docstrings: 137 texts/s at 16, 101 at 64, 69 one per pass)."""
 
     def __init__(self, precision: str = "bf16", batch_size: int | None = None) -> None:
         super().__init__()
@@ -109,12 +111,21 @@ class FrozenEncoder(nn.Module):
         fn = getattr(self, f"_encode_{modality}")
         if not items:
             return torch.zeros(0, self.dim, dtype=torch.float32, device=self.device)
+        # texts in length order: a chunk pads to its longest text, so similar lengths waste little
+        # (256 docstrings, MiniLM, 1 CPU thread: 1.6x the throughput of file order in chunks of 64)
+        order = sorted(range(len(items)), key=lambda i: len(items[i])) if modality == "text" else None
+        ordered = [items[i] for i in order] if order is not None else items
         outs = []
         with torch.inference_mode(), self._autocast():
-            for chunk in _chunks(items, batch_size):
+            for chunk in _chunks(ordered, batch_size):
                 out = fn(chunk)  # (b, dim), any float dtype
                 outs.append(torch.nn.functional.normalize(out.float(), dim=-1))
-        return torch.cat(outs, dim=0)
+        out = torch.cat(outs, dim=0)
+        if order is not None:
+            back = torch.empty(len(order), dtype=torch.long)
+            back[torch.tensor(order)] = torch.arange(len(order))
+            out = out[back.to(out.device)]
+        return out
 
     # Subclasses implement the ones they support; each returns an un-normalised (b, dim) tensor.
     def _encode_text(self, texts: list[str]) -> torch.Tensor:

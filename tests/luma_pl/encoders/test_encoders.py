@@ -280,3 +280,15 @@ def test_encoder_config_errors(tmp_path):
     with pytest.raises(ValueError, match="dim=100 is not supported"):
         WordLlamaEncoder(dim=100)
     assert EncoderConfig.from_dict({"kind": "wordllama", "batch_size": 4}).to_dict()["batch_size"] == 4
+
+
+def test_texts_encoded_in_length_order_come_back_in_the_callers_order():
+    """Texts are chunked by length (less padding); row i of the result is still text i."""
+    from luma_pl.encoders import EncoderConfig, build_encoder
+
+    enc = build_encoder(EncoderConfig(kind="minilm"))
+    texts = ["a much longer sentence about the sea, the wind and the rain at night", "cat",
+             "a dog runs", "x " * 40, "sun"]
+    together = enc.encode_text(texts, batch_size=2)
+    alone = torch.cat([enc.encode_text([t]) for t in texts])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
