@@ -89,6 +89,10 @@ def _print(summary: dict, report_dir: Path) -> None:
             ("latency p99 ms/query", summary.get("latency_p99_ms")), ("ingest events/s", summary.get("ingest_per_s")),
             ("hot / warm / evicted items", f"{summary.get('hot_items')} / {summary.get('warm_items')} / "
                                            f"{summary.get('evicted')}")]
+    csls = summary.get(f"csls_recall@{k}")
+    if isinstance(csls, float) and csls == csls:  # a number, not NaN: the run used hubness csls
+        rows += [(f"CSLS Recall@{k} (re-ranked; Safe@k does not apply)", summary.get(f"csls_recall@{k}")),
+                 (f"CSLS MRR@{k}", summary.get(f"csls_mrr@{k}"))]
     if summary.get("labelled_queries"):
         rows += [(f"labelled Recall@{k}", summary.get(f"labelled_recall@{k}")),
                  (f"labelled nDCG@{k}", summary.get(f"labelled_ndcg@{k}")),

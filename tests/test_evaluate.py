@@ -173,3 +173,23 @@ def test_evaluate_counts_hostile_content_and_runs_with_k_above_the_memory(tmp_pa
     assert summary["replay_skipped"] == 3  # the bad block (+2 rows reconciled) and the masked row
     assert len(cli.model.memory) == 256 + 1  # h1's item row was masked, h0 was ingested
     assert any("exceeds the" in str(w.message) for w in caught), [str(w.message) for w in caught]
+
+
+def test_evaluate_with_csls_reports_reranked_metrics_beside_the_cosine_ones(tmp_path):
+    """hubness csls: the cosine metrics and Safe@k are those of the cosine ranking (the pool does not
+    change its top-k), the CSLS ones come from the re-ranked pool; one process only."""
+    from evaluate import run_evaluation
+
+    _stream(tmp_path / "shards")
+    plain, _ = run_evaluation(_args(tmp_path / "shards", tmp_path / "plain", ["--trainer.logger", "false"]))
+    csls, _ = run_evaluation(_args(tmp_path / "shards", tmp_path / "csls", [
+        "--trainer.logger", "false", "--model.eval.hubness", "csls", "--model.eval.csls_pool", "20",
+        "--model.eval.csls_bank", "256", "--model.eval.csls_k", "5"]))
+    for key in ("recall@5", "mrr@5", "safe@1", "safe@5", "queries"):
+        assert csls[key] == pytest.approx(plain[key]), key
+    assert np.isfinite(csls["csls_recall@5"]) and 0.8 < csls["csls_recall@5"] <= 1.0  # the map is exact
+    assert not np.isfinite(plain.get("csls_recall@5", float("nan")))
+    with pytest.raises(ValueError, match="csls_pool"):
+        run_evaluation(_args(tmp_path / "shards", tmp_path / "bad", ["--trainer.logger", "false",
+                                                                     "--model.eval.hubness", "csls",
+                                                                     "--model.eval.csls_pool", "3"]))

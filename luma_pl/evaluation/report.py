@@ -18,6 +18,7 @@ noise on a ±0.04 axis) and a Wilson 95% band per window (``wilson_interval``)."
 PLOTS = {
     "recall_over_time.png": dict(RATE, title="Retrieval of the sampled queries, k = {k}", curves=[
         ("recall@k", "Recall@{k}"), ("mrr@k", "MRR@{k}"), ("ndcg@k", "nDCG@{k}"),
+        ("csls_recall@k", "Recall@{k}, CSLS re-ranked (not certified)"),
         ("old_hit_rate", "HitRate@{k}, queries of earlier events")]),
     "prequential_over_time.png": dict(RATE, title="Prequential: each anchor pair scored before the bridge learns it",
                                       curves=[("preq_recall@1", "Recall@1 among the batch + last 1024 anchors"),
@@ -43,7 +44,7 @@ Wilson band with the window's query count; ``budgets``: grey lines at the memory
 LINES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "x", "d")
 
-INTERVAL_OF = {"old_hit_rate": "old_queries", "preq_recall@1": "preq_pairs", "preq_recall@k": "preq_pairs",
+INTERVAL_OF = {"old_hit_rate": "old_queries", "csls_recall@k": "csls_queries", "preq_recall@1": "preq_pairs", "preq_recall@k": "preq_pairs",
                "preq_mrr@k": "preq_pairs"}
 """Rates whose denominator is not the window's ``queries`` (the point's key holding it)."""
 
@@ -101,6 +102,8 @@ def summarise(series: list[dict], k: int, latency: LatencyHistogram | None = Non
                 "labelled_relevant_unseen": total("labelled_relevant_unseen")}
     prequential = {m.replace("@k", f"@{k}"): weighted(m, "preq_pairs")
                    for m in ("preq_recall@1", "preq_recall@k", "preq_mrr@k", "preq_cosine")}
+    hubness = {m.replace("@k", f"@{k}"): weighted(m, "csls_queries")
+               for m in ("csls_hit_rate@k", "csls_recall@k", "csls_mrr@k", "csls_ndcg@k")}
     last = series[-1]
     lat50 = [p["latency_p50_ms"] for p in series if math.isfinite(p["latency_p50_ms"])]
     lat99 = [p["latency_p99_ms"] for p in series if math.isfinite(p["latency_p99_ms"])]
@@ -122,7 +125,7 @@ def summarise(series: list[dict], k: int, latency: LatencyHistogram | None = Non
             "duplicates_skipped": int(sum(p.get("duplicates_skipped", 0) for p in series)),
             "replay_skipped": int(sum(p.get("replay_skipped", 0) for p in series)),
             "replay_events_skipped": int(sum(p.get("replay_events_skipped", 0) for p in series)),
-            **labelled, **prequential, "preq_pairs": total("preq_pairs"),
+            **labelled, **prequential, "preq_pairs": total("preq_pairs"), **hubness,
             **radius_summary(radii, k), "wall_s": last["wall_s"]}
     n_all = float(q.sum())
     for m in CI_METRICS:  # pooled over every sampled query of the run

@@ -61,7 +61,8 @@ SUMS = ("queries", "hit", "recall", "mrr", "ndcg", "safe1", "safek", "crude1",
         "old_queries", "duplicates", "replay_skipped", "replay_events_skipped",
         "labelled_asked", "labelled_scored", "labelled_hit", "labelled_recall", "labelled_mrr", "labelled_ndcg",
         "labelled_safe1", "labelled_safek", "labelled_unanswered", "labelled_relevant", "labelled_relevant_unseen",
-        "preq_n", "preq_hit1", "preq_hitk", "preq_rr", "preq_cos")
+        "preq_n", "preq_hit1", "preq_hitk", "preq_rr", "preq_cos",
+        "csls_queries", "csls_hit", "csls_recall", "csls_mrr", "csls_ndcg")
 """Sampled queries (``queries`` ... ``old_queries``) and labelled query events (``labelled_*``) are
 summed apart: ``labelled_asked`` were answered, ``labelled_scored`` of them list a relevant item (the
 rates' denominator), ``labelled_unanswered`` came before the bridge mapped anything or without a
@@ -127,6 +128,19 @@ class StreamEvalConfig(StrictConfig):
     evaluator's ``encoders`` for that space."""
     report_dir: str | None = "artifacts/eval"
     """Where rank 0 writes report.json and the PNG plots at the end (None: no files)."""
+    hubness: str = "none"
+    """'csls': also re-rank every sampled query's ``csls_pool`` cosine candidates by CSLS
+    (``luma_pl.bridge.hubness``: 2 cos(q, x) - r(x), r from the ``csls_k`` nearest of the last
+    ``csls_bank`` bridged anchors, re-bridged with the current bridge at each batch) and report
+    ``csls_recall@k`` ... beside the cosine metrics. Safe@k does **not** apply to the re-ranked
+    list: an item outside the cosine pool is bounded in cosine but not in r, so no CSLS margin is
+    certified; the Safe@k figures stay those of the cosine ranking. One process only."""
+    csls_k: int = 10
+    """Neighbours of an item among the bridged anchors whose mean cosine is its penalty r(x)."""
+    csls_bank: int = 1024
+    """Source anchors kept (the last ones of the stream) for the penalty."""
+    csls_pool: int = 50
+    """Cosine candidates per query re-ranked by CSLS (>= k + 1)."""
 
     def validate(self) -> None:
         n = "StreamEvalConfig"
@@ -141,6 +155,13 @@ class StreamEvalConfig(StrictConfig):
                 f"use one of {EPSILON_SOURCES}")
         require(not (self.epsilon_source == "frozen" and self.fit_bridge), n, "epsilon_source",
                 self.epsilon_source, "ε = 0 is only valid for a frozen bridge: set fit_bridge=False or use 'interval'")
+        require(self.hubness in ("none", "csls"), n, "hubness", self.hubness, "use 'none' or 'csls'")
+        require(isinstance(self.csls_k, int) and self.csls_k >= 1 and isinstance(self.csls_bank, int)
+                and self.csls_bank >= self.csls_k, n, "csls_k/csls_bank", (self.csls_k, self.csls_bank),
+                "use 1 <= csls_k <= csls_bank, e.g. 10 and 1024")
+        require(self.hubness == "none" or isinstance(self.csls_pool, int) and self.csls_pool >= self.k + 1, n,
+                "csls_pool", self.csls_pool,
+                f"use at least k + 1 = {self.k + 1} candidates to re-rank")
         require(self.certificate_distances in ("auto", "vectors", "cap"), n, "certificate_distances",
                 self.certificate_distances, "use 'auto', 'vectors' or 'cap'")
         require(all(ext in MEDIA_MODALITY for ext in self.media_keys.values()), n, "media_keys", self.media_keys,
@@ -359,6 +380,8 @@ class StreamEvaluator(pl.LightningModule):
             s = torch.zeros(0, self.stream_bridge.d_s)
             c = torch.zeros(0, self.stream_bridge.d_c)
         self._score_prequential(s, c)  # test, then train: the pairs under the bridge before it learns them
+        if cfg.hubness == "csls":
+            self._csls_push(s)
         if cfg.fit_bridge:
             self.stream.learn(s, c)
 
@@ -410,7 +433,8 @@ class StreamEvaluator(pl.LightningModule):
         lists) and certificates to the window sums, sampled and labelled apart."""
         cfg = self.cfg
         k = cfg.k
-        ans = self.stream.query(torch.from_numpy(a), k, rescore=cfg.rescore, record_hits=True,
+        pool = cfg.csls_pool if cfg.hubness == "csls" else None
+        ans = self.stream.query(torch.from_numpy(a), k, candidates=pool, rescore=cfg.rescore, record_hits=True,
                                 epsilon_source=cfg.epsilon_source, epsilon_value=cfg.epsilon_value,
                                 distances=cfg.certificate_distances)
         if len(a):
@@ -427,6 +451,14 @@ class StreamEvaluator(pl.LightningModule):
         sums = self._sums
         self._radius["radius@1"].add(cert.radius_at_1[sampled].numpy())
         self._radius["radius@k"].add(cert.radius_at_k[sampled].numpy())
+        if cfg.hubness == "csls":
+            reranked = self._csls_rerank(ans.queries.numpy(), res.ids)
+            if reranked is not None:
+                per_c = MF.per_query_from_ids(reranked, relevant, k)
+                for name, key in (("csls_hit", "hit_rate"), ("csls_recall", "recall"), ("csls_mrr", "mrr"),
+                                  ("csls_ndcg", "ndcg")):
+                    sums[SUMS.index(name)] += float(per_c[key][sampled].sum())
+                sums[SUMS.index("csls_queries")] += float(sampled.sum())
         for name, v in (("queries", sampled.sum()), ("hit", hit[sampled].sum()), ("recall", per["recall"][sampled].sum()),
                         ("mrr", per["mrr"][sampled].sum()), ("ndcg", per["ndcg"][sampled].sum()),
                         ("safe1", cert.safe_at_1[sampled].sum()), ("safek", cert.safe_at_k[sampled].sum()),
@@ -494,6 +526,9 @@ class StreamEvaluator(pl.LightningModule):
                  "fresh_hit_rate": s["fresh_queries_hit"] / max(s["fresh_queries"], 1.0),
                  "old_hit_rate": s["old_queries_hit"] / max(s["old_queries"], 1.0),
                  **labelled_point(s),
+                 **{f"csls_{m}@k": (s[f"csls_{key}"] / s["csls_queries"] if s["csls_queries"] else math.nan)
+                    for m, key in (("hit_rate", "hit"), ("recall", "recall"), ("mrr", "mrr"), ("ndcg", "ndcg"))},
+                 "csls_queries": s["csls_queries"],
                  "preq_pairs": s["preq_n"], **({"preq_recall@1": s["preq_hit1"] / s["preq_n"],
                                                "preq_recall@k": s["preq_hitk"] / s["preq_n"],
                                                "preq_mrr@k": s["preq_rr"] / s["preq_n"],
@@ -522,6 +557,33 @@ class StreamEvaluator(pl.LightningModule):
                 logger.log_metrics(metrics, step=self._batches)
         self._reset_window()
 
+    def _csls_push(self, s: torch.Tensor) -> None:
+        """Keep the last ``csls_bank`` source anchors (bridged again at each query batch)."""
+        if getattr(self, "_bank", None) is None:
+            self._bank, self._bank_pos, self._bank_filled = torch.zeros(self.cfg.csls_bank, self.stream_bridge.d_s), 0, 0
+        rows = s.detach().float().cpu()[-self.cfg.csls_bank:]
+        if len(rows):
+            self._bank[(self._bank_pos + torch.arange(len(rows))) % self.cfg.csls_bank] = rows
+            self._bank_pos = (self._bank_pos + len(rows)) % self.cfg.csls_bank
+            self._bank_filled = min(self._bank_filled + len(rows), self.cfg.csls_bank)
+
+    def _csls_rerank(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
+        """(Q, k) ids of the candidates re-ranked by CSLS (``hubness``), or None before any anchor."""
+        from luma_pl.bridge.hubness import csls_penalty
+        from luma_pl.telemetry.safe_at_k import candidate_vectors
+
+        if not getattr(self, "_bank_filled", 0):
+            return None
+        with torch.no_grad():
+            anchors = self.bridge(self._bank[: self._bank_filled]).float().numpy()
+        x, found = candidate_vectors(self.stream.memory.shard, ids, approximate=False)  # (Q, C, d) originals
+        Q, C, d = x.shape
+        pen = csls_penalty(x.reshape(-1, d), anchors, k=self.cfg.csls_k).reshape(Q, C)
+        score = 2.0 * np.einsum("qd,qcd->qc", q.astype(np.float32), x) - pen
+        score[~(found & (ids >= 0))] = -np.inf
+        order = np.argsort(-score, axis=1, kind="stable")[:, : self.cfg.k]
+        return np.take_along_axis(ids, order, axis=1)
+
     def _score_prequential(self, s: torch.Tensor, c: torch.Tensor) -> None:
         """Prequential sums of this rank's anchor pairs under the bridge as it is (added to the window's
         sums, all-reduced with them); nothing before the bridge maps anything (the same on every rank)."""
@@ -539,6 +601,10 @@ class StreamEvaluator(pl.LightningModule):
             self._sums[SUMS.index(name)] += v
 
     def on_test_start(self) -> None:
+        if self.cfg.hubness == "csls" and self.trainer.world_size > 1:
+            raise ValueError(f"model.eval.hubness='csls' needs one process (the re-ranking reads candidate vectors "
+                             f"from the local memory shard; world_size={self.trainer.world_size}); run it with "
+                             "--trainer.devices 1, or hubness: none under DDP")
         # W&B charts of the windows read like the report's plots: x = events ingested, not batches
         if self.trainer.is_global_zero:
             from lightning.pytorch.loggers import WandbLogger
