@@ -65,9 +65,29 @@ def run_evaluation(args: list[str] | None = None) -> tuple[dict, EvalCLI]:
     summary = getattr(cli.model, "summary", None)
     if summary is None and report_dir and (Path(report_dir) / "report.json").exists():  # spawned workers wrote it
         summary = json.loads((Path(report_dir) / "report.json").read_text())["summary"]
+    audit = probe_audit(cli.trainer)
+    if audit and summary is not None:
+        summary = {**summary, **{f"audit_{k}": v for k, v in audit.items()}}
+        if cli.trainer.is_global_zero and report_dir and (Path(report_dir) / "report.json").exists():
+            report = json.loads((Path(report_dir) / "report.json").read_text())
+            report["probe_audit"] = audit  # the SafeAtKLogger's probes: worst case, calibrated, realised flips
+            (Path(report_dir) / "report.json").write_text(json.dumps(report, indent=1))
     if cli.trainer.is_global_zero and summary:
         _print(summary, Path(report_dir) if report_dir else None)
     return summary or {}, cli
+
+
+def probe_audit(trainer) -> dict:
+    """The last telemetry of a ``SafeAtKLogger`` that drove the replay (``safe_at_k`` group or
+    callback): its probe set's worst-case Safe@1/k, the calibrated Safe@1/k at α with the audit's
+    realised flip rates, and the violations; empty without one. NaN values are left out."""
+    from callbacks.safe_at_k_logger import SafeAtKLogger
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, SafeAtKLogger) and cb.last_metrics:
+            return {key.split("/", 1)[1]: float(v) for key, v in cb.last_metrics.items()
+                    if isinstance(v, (int, float)) and v == v}
+    return {}
 
 
 def _fmt(v) -> str:
@@ -89,6 +109,19 @@ def _print(summary: dict, report_dir: Path) -> None:
             ("latency p99 ms/query", summary.get("latency_p99_ms")), ("ingest events/s", summary.get("ingest_per_s")),
             ("hot / warm / evicted items", f"{summary.get('hot_items')} / {summary.get('warm_items')} / "
                                            f"{summary.get('evicted')}")]
+    if "audit_safe_at_1" in summary:  # a SafeAtKLogger's probe set, re-asked at every refresh
+        a = lambda key: summary.get(f"audit_{key}")  # noqa: E731
+        rows += [("probes: worst-case Safe@1 / Safe@k", f"{_fmt(a('safe_at_1'))} / {_fmt(a('safe_at_k'))}"),
+                 ("probes: violations (certified, then flipped)", a("violations")),
+                 ("probes: flip rate of uncertified answers", a("flip_rate")),
+                 ("calibrated (labelled apart): epsilon at alpha", a("calibrated_epsilon")),
+                 ("calibrated Safe@1 / Safe@k", f"{_fmt(a('calibrated_safe_at_1'))} / {_fmt(a('calibrated_safe_at_k'))}"),
+                 ("calibrated: realised flip rate @1 [95% CI]",
+                  f"{_fmt(a('calibrated_flip_rate_at_1'))} [{_fmt(a('calibrated_flip_rate_at_1_lo'))}, "
+                  f"{_fmt(a('calibrated_flip_rate_at_1_hi'))}]"),
+                 ("calibrated: drift above its epsilon (<= alpha if exchangeable)",
+                  f"{_fmt(a('calibrated_exceed_share'))} [{_fmt(a('calibrated_exceed_share_lo'))}, "
+                  f"{_fmt(a('calibrated_exceed_share_hi'))}]")]
     csls = summary.get(f"csls_recall@{k}")
     if isinstance(csls, float) and csls == csls:  # a number, not NaN: the run used hubness csls
         rows += [(f"CSLS Recall@{k} (re-ranked; Safe@k does not apply)", summary.get(f"csls_recall@{k}")),

@@ -193,3 +193,19 @@ def test_evaluate_with_csls_reports_reranked_metrics_beside_the_cosine_ones(tmp_
         run_evaluation(_args(tmp_path / "shards", tmp_path / "bad", ["--trainer.logger", "false",
                                                                      "--model.eval.hubness", "csls",
                                                                      "--model.eval.csls_pool", "3"]))
+
+
+def test_a_safe_at_k_logger_puts_its_probe_audit_in_the_table_and_report(tmp_path):
+    """With a SafeAtKLogger driving the replay, evaluate.py reports its probes' worst-case and
+    calibrated Safe@k and the audit's realised flip rates beside the sampled queries' figures."""
+    from evaluate import run_evaluation
+
+    _stream(tmp_path / "shards")
+    summary, _ = run_evaluation(_args(tmp_path / "shards", tmp_path / "run", [
+        "--trainer.logger", "false", "--trainer.callbacks+=callbacks.safe_at_k_logger.SafeAtKLogger",
+        "--trainer.callbacks.k", "5", "--trainer.callbacks.query_space", "query_src",
+        "--trainer.callbacks.item_space", "dst"]))
+    assert 0.0 <= summary["audit_safe_at_1"] <= 1.0 and summary["audit_violations"] == 0
+    assert "audit_calibrated_epsilon" in summary or "audit_calibrated_safe_at_1" in summary
+    report = json.loads((tmp_path / "run" / "report" / "report.json").read_text())
+    assert report["probe_audit"]["safe_at_1"] == summary["audit_safe_at_1"]
