@@ -65,29 +65,9 @@ def run_evaluation(args: list[str] | None = None) -> tuple[dict, EvalCLI]:
     summary = getattr(cli.model, "summary", None)
     if summary is None and report_dir and (Path(report_dir) / "report.json").exists():  # spawned workers wrote it
         summary = json.loads((Path(report_dir) / "report.json").read_text())["summary"]
-    audit = probe_audit(cli.trainer)
-    if audit and summary is not None:
-        summary = {**summary, **{f"audit_{k}": v for k, v in audit.items()}}
-        if cli.trainer.is_global_zero and report_dir and (Path(report_dir) / "report.json").exists():
-            report = json.loads((Path(report_dir) / "report.json").read_text())
-            report["probe_audit"] = audit  # the SafeAtKLogger's probes: worst case, calibrated, realised flips
-            (Path(report_dir) / "report.json").write_text(json.dumps(report, indent=1))
     if cli.trainer.is_global_zero and summary:
         _print(summary, Path(report_dir) if report_dir else None)
     return summary or {}, cli
-
-
-def probe_audit(trainer) -> dict:
-    """The last telemetry of a ``SafeAtKLogger`` that drove the replay (``safe_at_k`` group or
-    callback): its probe set's worst-case Safe@1/k, the calibrated Safe@1/k at α with the audit's
-    realised flip rates, and the violations; empty without one. NaN values are left out."""
-    from callbacks.safe_at_k_logger import SafeAtKLogger
-
-    for cb in trainer.callbacks:
-        if isinstance(cb, SafeAtKLogger) and cb.last_metrics:
-            return {key.split("/", 1)[1]: float(v) for key, v in cb.last_metrics.items()
-                    if isinstance(v, (int, float)) and v == v}
-    return {}
 
 
 def _fmt(v) -> str:

@@ -19,8 +19,9 @@ from callbacks.heavy_hitter_admission import HeavyHitterAdmission
 from callbacks.wandb_config import WandbConfigCallback, flatten_config
 from data_modules.stream_replay import StreamReplayDataModule
 from luma_pl.admission.pipeline import AdmissionConfig
-from luma_pl.modules.common import WANDB_RUN_KEY, BridgeModuleBase, check_hparams
+from luma_pl.modules.common import BridgeModuleBase, check_hparams
 from luma_pl.threads import limit_cpu_threads
+from luma_pl.tracking.loggers import recorded_wandb_run, wandb_logger_configs, wandb_run
 from luma_pl.tracking.sweep import METRICS_FILE
 
 CONFIG_FILENAME = "luma_config.yaml"
@@ -148,12 +149,10 @@ class LumaCLI(LightningCLI):
             return
         import json
 
-        from lightning.pytorch.loggers import WandbLogger
-
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if getattr(v, "numel", lambda: 1)() == 1}
-        run = next(({"id": lg.experiment.id, "name": lg.experiment.name} for lg in trainer.loggers
-                    if isinstance(lg, WandbLogger)), None)
+        wb = wandb_run(trainer)
+        run = None if wb is None else {"id": wb.id, "name": wb.name}
         out = Path(trainer.default_root_dir) / METRICS_FILE
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"metrics": metrics, "wandb_run": run}, indent=1))
@@ -184,14 +183,10 @@ class LumaCLI(LightningCLI):
         """Resume the W&B run the checkpoint recorded (``luma_wandb_run``, written by the module):
         every configured ``WandbLogger`` without an id of its own gets ``id`` and ``resume='allow'``,
         unless ``--wandb_new_run true``."""
-        run = ckpt.get(WANDB_RUN_KEY)
-        run_id = run.get("id") if isinstance(run, dict) else None
-        if not isinstance(run_id, str) or not run_id or self.config[sub].get("wandb_new_run"):
+        run_id = recorded_wandb_run(ckpt)
+        if run_id is None or self.config[sub].get("wandb_new_run"):
             return
-        loggers = self.config[sub].trainer.get("logger")
-        for lg in loggers if isinstance(loggers, list) else [loggers]:
-            if getattr(lg, "class_path", None) != "lightning.pytorch.loggers.WandbLogger":
-                continue
+        for lg in wandb_logger_configs(self.config[sub].trainer.get("logger")):
             init = lg.init_args
             if init.get("id") is None:
                 init["id"] = run_id

@@ -217,6 +217,15 @@ class SafeAtKLogger(Callback):
         out.update({k: v for k, v in rates.items() if k != "alpha"})
         return out
 
+    def report_section(self) -> tuple[str, str, dict[str, float]] | None:
+        """For evaluate.py's report (``StreamEvaluator.on_test_end`` asks every callback that has
+        this): ``("probe_audit", "audit_", figures)``, the last telemetry of the probe set (worst-case
+        Safe@1/k, violations, flip rates, the calibrated mode), NaN left out; None before any."""
+        if not self.last_metrics:
+            return None
+        return "probe_audit", "audit_", {key.split("/", 1)[1]: float(v) for key, v in self.last_metrics.items()
+                                         if isinstance(v, (int, float)) and v == v}
+
     def _reduce_sum(self, trainer, value: float) -> float:
         if trainer.world_size > 1:
             return float(trainer.strategy.reduce(torch.tensor(value, dtype=torch.float64), reduce_op="sum"))

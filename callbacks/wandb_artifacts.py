@@ -21,6 +21,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from luma_pl.tracking.loggers import wandb_loggers, wandb_run
+
 
 class WandbArtifacts(pl.Callback):
     """Args:
@@ -41,24 +43,6 @@ class WandbArtifacts(pl.Callback):
         self.logged: list[str] = []  # "<used|logged> <name> (<type>)" of this process, in order
         self._data_declared = False
 
-    @staticmethod
-    def _run(trainer: pl.Trainer):
-        """The W&B run of the first WandbLogger, on rank 0 only (None elsewhere or without one)."""
-        from lightning.pytorch.loggers import WandbLogger
-
-        if not trainer.is_global_zero:
-            return None
-        for lg in trainer.loggers:
-            if isinstance(lg, WandbLogger):
-                return lg.experiment
-        return None
-
-    @staticmethod
-    def _has_wandb(trainer: pl.Trainer) -> bool:
-        from lightning.pytorch.loggers import WandbLogger
-
-        return any(isinstance(lg, WandbLogger) for lg in trainer.loggers)
-
     def _record(self, run, how: str, artifact, aliases: list[str] | None = None) -> None:
         from luma_pl.tracking.lineage import declare_logged, declare_used
 
@@ -77,7 +61,7 @@ class WandbArtifacts(pl.Callback):
         self._data_declared = True
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        run = self._run(trainer)
+        run = wandb_run(trainer)
         if run is not None:
             self._declare_data(trainer, run)
 
@@ -86,8 +70,8 @@ class WandbArtifacts(pl.Callback):
 
         # every rank saves its shard, but only where a WandbLogger is configured (the same on every rank:
         # the logger object exists on all of them, its run on rank 0 only)
-        snapshot = self._save_memory(trainer, pl_module) if self.log_memory and self._has_wandb(trainer) else None
-        run = self._run(trainer)
+        snapshot = self._save_memory(trainer, pl_module) if self.log_memory and bool(wandb_loggers(trainer)) else None
+        run = wandb_run(trainer)
         if run is None:
             return
         meta = {"global_step": trainer.global_step, "epoch": trainer.current_epoch}
@@ -129,27 +113,21 @@ class WandbArtifacts(pl.Callback):
         return folder
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from luma_pl.modules.common import WANDB_RUN_KEY
         from luma_pl.tracking.lineage import checkpoint_artifact
 
-        run = self._run(trainer)
+        run = wandb_run(trainer)
         if run is None:
             return
         self._declare_data(trainer, run)
         ckpt = getattr(getattr(pl_module, "cfg", None), "bridge_checkpoint", None)
-        if self.log_checkpoint and ckpt:
-            import torch
-
-            state = torch.load(ckpt, weights_only=True, map_location="cpu", mmap=True)
-            recorded = state.get(WANDB_RUN_KEY)
-            run_id = recorded.get("id") if isinstance(recorded, dict) and isinstance(recorded.get("id"), str) else None
-            self._record(run, "used", checkpoint_artifact(ckpt, run_id))
+        if self.log_checkpoint and ckpt:  # the evaluator read the checkpoint's train run when it loaded it
+            self._record(run, "used", checkpoint_artifact(ckpt, pl_module.checkpoint_wandb_run))
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         from luma_pl.tracking.lineage import files_artifact
 
         paths = getattr(pl_module, "report_paths", None)
-        run = self._run(trainer) if stage == "test" and self.log_report and paths else None
+        run = wandb_run(trainer) if stage == "test" and self.log_report and paths else None
         if run is None:
             return
         summary = {k: v for k, v in (getattr(pl_module, "summary", None) or {}).items()  # W&B metadata is JSON:

@@ -38,9 +38,9 @@ class WandbConfigCallback(SaveConfigCallback):
     """SaveConfigCallback that also puts the flattened resolved config in every W&B run's config."""
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
-        from lightning.pytorch.loggers import WandbLogger
+        from luma_pl.tracking.loggers import wandb_loggers
 
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        loggers = wandb_loggers(trainer)
         if not loggers:
             return
         from luma_pl.tracking.provenance import provenance

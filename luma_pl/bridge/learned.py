@@ -19,6 +19,7 @@ from luma_pl.bridge.distributed import gather_rows, world_size
 from luma_pl.bridge.drift import DriftReport
 from luma_pl.bridge.state_checks import check_state
 from luma_pl.configuration import StrictConfig, require
+from luma_pl.ring import write_rows
 
 KINDS = ("linear", "orthogonal", "mlp")
 PRIORS = ("none", "procrustes")
@@ -285,14 +286,9 @@ class LearnedBridge(nn.Module):
     @torch.no_grad()
     def _enqueue(self, k: torch.Tensor) -> None:
         """Push this batch's canonical vectors into the negative queue, the oldest overwritten first."""
-        n_q = self.config.negative_queue
-        rows = k[-n_q:].to(self.queue.dtype)
-        if not len(rows):
-            return
-        idx = (int(self.queue_pos) + torch.arange(len(rows), device=rows.device)) % n_q
-        self.queue[idx.to(self.queue.device)] = rows.to(self.queue.device)
-        self.queue_pos.fill_((int(self.queue_pos) + len(rows)) % n_q)
-        self.queue_filled.fill_(min(int(self.queue_filled) + len(rows), n_q))
+        pos, filled = write_rows(self.queue, int(self.queue_pos), int(self.queue_filled), k)
+        self.queue_pos.fill_(pos)
+        self.queue_filled.fill_(filled)
 
     def make_optimizer(self) -> torch.optim.AdamW:
         """The bridge's optimizer, the same wherever it learns (train.py, evaluate.py, ``fit_step``):

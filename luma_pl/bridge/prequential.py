@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from luma_pl.ring import write_rows
+
 
 def prequential_ranks(mapped: torch.Tensor, targets: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
     """(n,) ranks of each ``targets[i]`` for ``mapped[i]`` among ``targets`` + ``ring`` (see module)."""
@@ -63,12 +65,13 @@ class PrequentialScore:
 
     def push(self, targets: torch.Tensor) -> None:
         """Keep the batch's canonical anchors, the oldest ring rows overwritten first."""
-        if not self.gallery or not len(targets):
-            return
-        t = targets.detach().float().cpu()[-self.gallery:]
-        self.ring[(self.pos + torch.arange(len(t))) % self.gallery] = t
-        self.pos = (self.pos + len(t)) % self.gallery
-        self.filled = min(self.filled + len(t), self.gallery)
+        self.pos, self.filled = write_rows(self.ring, self.pos, self.filled, targets)
+
+    def observe(self, mapped: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Test, then keep: this batch's sums against the ring as it was (``score``), then ``push``."""
+        sums = self.score(mapped, targets)
+        self.push(targets)
+        return sums
 
     def rates(self, sums: torch.Tensor) -> dict[str, float]:
         """``recall@k``, ``mrr@K``, ``cosine`` from (all-reduced) sums; empty when n = 0."""

@@ -193,7 +193,7 @@ def write_report(series: list[dict], summary: dict, out_dir: str | Path, extra: 
     x = np.array([p["events"] for p in series], np.float64)
     for name, style in PLOTS.items():
         fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=100)
-        curves = []
+        curves, key_of = [], {}  # key_of: a drawn label -> its series key (the interval's denominator)
         for key, label in style["curves"]:
             y = np.array([p.get(key, math.nan) for p in series], np.float64)
             if style.get("yscale") == "log":  # zeros, inf and the 1e6 clamp of unknown ε have no place here
@@ -201,13 +201,15 @@ def write_report(series: list[dict], summary: dict, out_dir: str | Path, extra: 
             if np.isnan(y).all():
                 continue
             curves.append((label.format(k=k), y))
+            key_of[label.format(k=k)] = key
         for i, (label, y) in enumerate(merge_equal_curves(curves)):
             zero = " (0 in every window)" if np.nanmax(np.abs(y)) == 0 else ""
             # a line style and marker of its own: lines that nearly coincide stay apart
             (line,) = ax.plot(x, y, linestyle=LINES[i % len(LINES)], marker=MARKERS[i % len(MARKERS)],
                               markersize=4, label=label + zero)
             if style.get("interval"):
-                key = next(c for c, lab in style["curves"] if lab.format(k=k) in label)
+                # the first curve of a merged "A = B" label (they share their values, so any key will do)
+                key = next(key for lab, key in key_of.items() if label == lab or label.startswith(f"{lab} = "))
                 n = np.array([p.get(INTERVAL_OF.get(key, "queries"), p.get("queries", 0)) for p in series], np.float64)
                 lo, hi = wilson_interval(y, n)
                 ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
@@ -243,7 +245,8 @@ def _radius_distribution(plt, radii: dict[str, LogHistogram], summary: dict, out
     from luma_pl.telemetry.log_histogram import BINS, HIGH, LOW
 
     group = 10  # 10 of the histogram's bins per drawn bin: 10 bins per decade
-    edges = LOW * (HIGH / LOW) ** (np.arange(0, BINS + 1, group) / BINS)
+    bin_edges = LOW * (HIGH / LOW) ** (np.arange(BINS + 1) / BINS)  # of the histogram's inside bins
+    edges = bin_edges[::group]
     eps = summary.get("epsilon_last")
     fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=100)
     for name, h in radii.items():
@@ -255,7 +258,7 @@ def _radius_distribution(plt, radii: dict[str, LogHistogram], summary: dict, out
         lo_b, hi_b = (max(keep.min() - 1, 0), min(keep.max() + 2, len(inside))) if len(keep) else (0, len(inside))
         label = f"{name.replace('@k', f'@{k}')}: {h.counts[0] / n:.0%} of {n:,} answers at 0 (not drawn)"
         if isinstance(eps, (int, float)) and 0 <= eps < 1e6:  # bins wholly above ε: certified at it
-            above = h.counts[1:BINS + 1][LOW * (HIGH / LOW) ** (np.arange(BINS) / BINS) > eps].sum()
+            above = h.counts[1:BINS + 1][bin_edges[:-1] > eps].sum()
             label += f", {above / n:.0%} above ε"
         ax.stairs(inside[lo_b:hi_b], edges[lo_b:hi_b + 1], label=label)
     if isinstance(eps, (int, float)) and 0 < eps < 1e6:

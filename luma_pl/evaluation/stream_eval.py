@@ -54,6 +54,7 @@ from luma_pl.telemetry.functional import EPSILON_SOURCES
 from luma_pl.telemetry.latency import LatencyHistogram, quantile
 from luma_pl.telemetry.log_histogram import BINS, LogHistogram
 from luma_pl.telemetry.resources import resident_set_bytes
+from luma_pl.tracking.loggers import recorded_wandb_run
 
 # window sums, all-reduced across ranks: one float64 vector in this order
 SUMS = ("queries", "hit", "recall", "mrr", "ndcg", "safe1", "safek", "crude1",
@@ -220,6 +221,17 @@ def labelled_point(s: dict) -> dict:
             "labelled_relevant": s["labelled_relevant"], "labelled_relevant_unseen": s["labelled_relevant_unseen"]}
 
 
+def extra_point(s: dict) -> dict:
+    """A window's CSLS (``hubness``) and prequential figures from its sums, as ``labelled_point``:
+    NaN in a window with none, so they drop out of the weighted means."""
+    rate = lambda key, n: s[key] / s[n] if s[n] else math.nan  # noqa: E731
+    return {"csls_queries": s["csls_queries"], "csls_hit_rate@k": rate("csls_hit", "csls_queries"),
+            "csls_recall@k": rate("csls_recall", "csls_queries"), "csls_mrr@k": rate("csls_mrr", "csls_queries"),
+            "csls_ndcg@k": rate("csls_ndcg", "csls_queries"), "preq_pairs": s["preq_n"],
+            "preq_recall@1": rate("preq_hit1", "preq_n"), "preq_recall@k": rate("preq_hitk", "preq_n"),
+            "preq_mrr@k": rate("preq_rr", "preq_n"), "preq_cosine": rate("preq_cos", "preq_n")}
+
+
 class StreamEvaluator(pl.LightningModule):
     """Runs the evaluation in ``test_step``; ``trainer.test(evaluator, datamodule)`` drives it.
 
@@ -249,6 +261,7 @@ class StreamEvaluator(pl.LightningModule):
                                    "encoders": {sp: c.to_dict() for sp, c in self.encoder_cfgs.items()}})
         self.bridge = StreamingProcrustes(self.bridge_cfg)  # replaced by the checkpoint's bridge in runtime()
         self.stream = None
+        self.checkpoint_wandb_run: str | None = None  # the W&B run of the train.py run behind bridge_checkpoint
         self.series: list[dict] = []
 
     # --- set-up ---------------------------------------------------------------------------------
@@ -264,6 +277,7 @@ class StreamEvaluator(pl.LightningModule):
         if self.cfg.bridge_checkpoint:
             arg = f"bridge_checkpoint={self.cfg.bridge_checkpoint!r}"
             ckpt = load_checkpoint_safely(self.cfg.bridge_checkpoint, "bridge_checkpoint")
+            self.checkpoint_wandb_run = recorded_wandb_run(ckpt)  # the train.py run it came from (lineage)
             state = {k[len("bridge."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("bridge.")}
             if not state:
                 raise ValueError(f"{arg} holds no 'bridge.*' state; pass a checkpoint written by train.py")
@@ -526,15 +540,7 @@ class StreamEvaluator(pl.LightningModule):
                  "fresh_hit_rate": s["fresh_queries_hit"] / max(s["fresh_queries"], 1.0),
                  "old_hit_rate": s["old_queries_hit"] / max(s["old_queries"], 1.0),
                  **labelled_point(s),
-                 **{f"csls_{m}@k": (s[f"csls_{key}"] / s["csls_queries"] if s["csls_queries"] else math.nan)
-                    for m, key in (("hit_rate", "hit"), ("recall", "recall"), ("mrr", "mrr"), ("ndcg", "ndcg"))},
-                 "csls_queries": s["csls_queries"],
-                 "preq_pairs": s["preq_n"], **({"preq_recall@1": s["preq_hit1"] / s["preq_n"],
-                                               "preq_recall@k": s["preq_hitk"] / s["preq_n"],
-                                               "preq_mrr@k": s["preq_rr"] / s["preq_n"],
-                                               "preq_cosine": s["preq_cos"] / s["preq_n"]} if s["preq_n"] else
-                                              dict.fromkeys(("preq_recall@1", "preq_recall@k", "preq_mrr@k",
-                                                             "preq_cosine"), math.nan)),
+                 **extra_point(s),
                  "latency_p50_ms": quantile(probe_counts, 0.5) * 1e3, "latency_p99_ms": quantile(probe_counts, 0.99) * 1e3,
                  "latency_samples": float(probe_counts.sum()),
                  "search_ms_per_query": float(np.median(lat) * 1e3) if len(lat) else math.nan,
@@ -559,13 +565,11 @@ class StreamEvaluator(pl.LightningModule):
 
     def _csls_push(self, s: torch.Tensor) -> None:
         """Keep the last ``csls_bank`` source anchors (bridged again at each query batch)."""
+        from luma_pl.ring import write_rows
+
         if getattr(self, "_bank", None) is None:
             self._bank, self._bank_pos, self._bank_filled = torch.zeros(self.cfg.csls_bank, self.stream_bridge.d_s), 0, 0
-        rows = s.detach().float().cpu()[-self.cfg.csls_bank:]
-        if len(rows):
-            self._bank[(self._bank_pos + torch.arange(len(rows))) % self.cfg.csls_bank] = rows
-            self._bank_pos = (self._bank_pos + len(rows)) % self.cfg.csls_bank
-            self._bank_filled = min(self._bank_filled + len(rows), self.cfg.csls_bank)
+        self._bank_pos, self._bank_filled = write_rows(self._bank, self._bank_pos, self._bank_filled, s)
 
     def _csls_rerank(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
         """(Q, k) ids of the candidates re-ranked by CSLS (``hubness``), or None before any anchor."""
@@ -595,8 +599,7 @@ class StreamEvaluator(pl.LightningModule):
             self._prequential = PrequentialScore(self.stream_bridge.d_c, 1024, (1, self.cfg.k))
         with torch.no_grad():
             mapped = self.bridge(s.float()).float() if len(s) else c.float()
-            sums = self._prequential.score(mapped, c.float())
-        self._prequential.push(c)
+            sums = self._prequential.observe(mapped, c.float())
         for name, v in zip(("preq_n", "preq_hit1", "preq_hitk", "preq_rr", "preq_cos"), sums.tolist(), strict=True):
             self._sums[SUMS.index(name)] += v
 
@@ -606,13 +609,12 @@ class StreamEvaluator(pl.LightningModule):
                              f"from the local memory shard; world_size={self.trainer.world_size}); run it with "
                              "--trainer.devices 1, or hubness: none under DDP")
         # W&B charts of the windows read like the report's plots: x = events ingested, not batches
-        if self.trainer.is_global_zero:
-            from lightning.pytorch.loggers import WandbLogger
+        from luma_pl.tracking.loggers import wandb_loggers
 
-            for logger in self.trainer.loggers:
-                if isinstance(logger, WandbLogger):
-                    logger.experiment.define_metric("eval/events")
-                    logger.experiment.define_metric("eval/*", step_metric="eval/events")
+        if self.trainer.is_global_zero:
+            for logger in wandb_loggers(self.trainer):
+                logger.experiment.define_metric("eval/events")
+                logger.experiment.define_metric("eval/*", step_metric="eval/events")
 
     def on_test_epoch_end(self) -> None:
         if self._events == 0:  # every rank replays the whole stream: the same decision everywhere
@@ -631,12 +633,21 @@ class StreamEvaluator(pl.LightningModule):
         from luma_pl.evaluation.report import summarise, write_report
 
         self.summary = summarise(self.series, self.cfg.k, latency=self._latency, radii=self.radii)
+        # callbacks that drove the replay add their own section (SafeAtKLogger: its probe audit);
+        # their on_test_end ran before this hook, so their figures are final
+        sections = {}
+        for cb in self.trainer.callbacks:
+            section = cb.report_section() if callable(getattr(cb, "report_section", None)) else None
+            if section is not None:
+                name, prefix, figures = section
+                sections[name] = figures
+                self.summary.update({f"{prefix}{k}": v for k, v in figures.items()})
         if self.cfg.report_dir is None or not self.trainer.is_global_zero:
             return
         self.report_paths = write_report(self.series, self.summary, self.cfg.report_dir, extra={
             "config": {"eval": self.cfg.to_dict(), "bridge_kind": self.stream_bridge.kind,
                        "bridge": self.bridge.config.to_dict(),
-                       "memory": self.memory_cfg.to_dict(), "world_size": self.trainer.world_size}},
+                       "memory": self.memory_cfg.to_dict(), "world_size": self.trainer.world_size}, **sections},
             budgets={"hot_max_items": self.memory_cfg.hot_max_items, "warm_max_items": self.memory_cfg.warm_max_items},
             radii=self.radii)
         for logger in self.trainer.loggers:

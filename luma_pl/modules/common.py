@@ -19,13 +19,12 @@ from luma_pl.configuration import StrictConfig, as_config, require  # noqa: F401
 from luma_pl.encoders.media_batch import MEDIA_MODALITY, encode_media
 from luma_pl.metrics import build
 from luma_pl.stream.ids import batch_ids
+from luma_pl.tracking.loggers import WANDB_RUN_KEY
 
 PREQUENTIAL_KEY = "luma_prequential"
 """Checkpoint key of the prequential ring (rank 0's; other ranks restart theirs empty on resume)."""
 STREAM_STATE_KEY = "luma_stream"
 """Checkpoint key of the module's ``StreamRuntime`` state (ids seen, counters)."""
-WANDB_RUN_KEY = "luma_wandb_run"
-"""Checkpoint key of the W&B run a train.py run logged to (``{"id": run id}``), so a resume continues it."""
 
 
 @dataclasses.dataclass
@@ -259,11 +258,10 @@ class BridgeModuleBase(LightningModule):
             self.prequential.load_state_dict(getattr(self, "_prequential_state", None) or {})
         with torch.no_grad():
             mapped = self.bridge(s.float()).float() if len(s) else c.new_zeros(0, d_c).float()
-            sums = self.prequential.score(mapped, c.float())
+            sums = self.prequential.observe(mapped, c.float())  # this rank's; the ring stays rank-local
         if initialised():
             sums = sums.to(self.device)
             torch.distributed.all_reduce(sums)
-        self.prequential.push(c)
         for name, value in self.prequential.rates(sums.cpu()).items():
             self.log(f"preq/{name}", value, on_step=True, on_epoch=False)
         self.log("preq/gallery", float(self.prequential.filled), on_step=True, on_epoch=False)
@@ -280,13 +278,12 @@ class BridgeModuleBase(LightningModule):
 
     def _wandb_run_id(self) -> str | None:
         """The id of the run of this trainer's first ``WandbLogger`` (None without one)."""
-        trainer = self._trainer
-        if trainer is None:
-            return None
-        from lightning.pytorch.loggers import WandbLogger
+        from luma_pl.tracking.loggers import wandb_loggers
 
-        for lg in trainer.loggers:
-            if isinstance(lg, WandbLogger) and isinstance(lg.version, str) and lg.version:
+        if self._trainer is None:
+            return None
+        for lg in wandb_loggers(self._trainer):
+            if isinstance(lg.version, str) and lg.version:
                 return lg.version
         return None
 

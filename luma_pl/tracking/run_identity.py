@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
 PATH_WORDS = ("root", "dir", "path", "logger", "checkpoint", "urls", "config", "wandb_new_run", "callbacks")
 """Command-line keys holding one of these words are locations or plumbing, not settings: not in a name."""
 MAX_NAME = 120
@@ -87,9 +86,11 @@ def name_wandb_loggers(loggers, identity: dict) -> int:
     """Fill ``name`` / ``group`` / ``tags`` / ``job_type`` of every configured ``WandbLogger`` (a
     LightningCLI namespace with ``class_path`` / ``init_args``) where the config left them unset;
     a logger resuming a run by ``id`` is left as it is. Returns how many loggers were named."""
+    from luma_pl.tracking.loggers import wandb_logger_configs
+
     named = 0
-    for lg in loggers if isinstance(loggers, list) else [loggers]:
-        if getattr(lg, "class_path", None) != WANDB_LOGGER or lg.init_args.get("id") is not None:
+    for lg in wandb_logger_configs(loggers):
+        if lg.init_args.get("id") is not None:
             continue
         for field in ("name", "group", "tags", "job_type"):
             if lg.init_args.get(field) is None:

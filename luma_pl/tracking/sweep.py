@@ -109,6 +109,13 @@ def sample(params: dict, count: int, seed: int = 0) -> list[dict]:
     return [{k: _draw(spec, rng) for k, spec in params.items()} for _ in range(count)]
 
 
+def sweep_points(sweep: dict, count: int | None = None, seed: int = 0) -> list[dict]:
+    """The parameter values of every run: the whole grid, or ``count`` (default ``run_cap``, 4) draws."""
+    if sweep["method"] == "grid":
+        return grid(sweep["parameters"])
+    return sample(sweep["parameters"], count or int(sweep.get("run_cap", 4)), seed)
+
+
 def agent_command(sweep: dict, values: dict, interpreter: str = sys.executable) -> list[str]:
     """The command line W&B's agent runs for ``values`` (its own macro expansion, ``wandb_agent``)."""
     from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
@@ -128,8 +135,7 @@ def agent_command(sweep: dict, values: dict, interpreter: str = sys.executable) 
 def run_sweep(sweep: dict, out: Path, extra: list[str], cwd: Path, count: int | None = None, seed: int = 0,
               timeout: float | None = None) -> dict:
     """Run every point of the sweep one after another; returns (and writes) the results."""
-    points = grid(sweep["parameters"]) if sweep["method"] == "grid" else \
-        sample(sweep["parameters"], count or int(sweep.get("run_cap", 4)), seed)
+    points = sweep_points(sweep, count, seed)
     metric, goal = sweep["metric"]["name"], sweep["metric"].get("goal", "maximize")
     out.mkdir(parents=True, exist_ok=True)
     # each run starts its own W&B service: one inherited from a parent that used W&B in-process
@@ -173,9 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = [a for a in extra if a != "--"]
     sweep = load_sweep(args.sweep)
     if args.dry_run:
-        points = grid(sweep["parameters"]) if sweep["method"] == "grid" else \
-            sample(sweep["parameters"], args.count or int(sweep.get("run_cap", 4)), args.seed)
-        for values in points:
+        for values in sweep_points(sweep, args.count, args.seed):
             print(" ".join(agent_command(sweep, values) + extra))
         return 0
     res = run_sweep(sweep, Path(args.out).resolve(), extra, Path(args.cwd).resolve(), args.count, args.seed)

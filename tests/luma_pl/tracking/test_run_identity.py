@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from jsonargparse import Namespace
 
-from luma_pl.tracking.run_identity import WANDB_LOGGER, name_wandb_loggers, run_identity, split_argv
+from luma_pl.tracking.loggers import WANDB_LOGGER
+from luma_pl.tracking.run_identity import name_wandb_loggers, run_identity, split_argv
 
 
 def test_split_argv_reads_both_forms_and_every_config():
