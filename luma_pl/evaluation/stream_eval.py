@@ -650,10 +650,11 @@ class StreamEvaluator(pl.LightningModule):
                        "memory": self.memory_cfg.to_dict(), "world_size": self.trainer.world_size}, **sections},
             budgets={"hot_max_items": self.memory_cfg.hot_max_items, "warm_max_items": self.memory_cfg.warm_max_items},
             radii=self.radii)
-        for logger in self.trainer.loggers:
-            if type(logger).__name__ == "WandbLogger":
-                plots = {n: p for n, p in self.report_paths.items() if n != "report"}
-                logger.experiment.summary.update({f"eval_summary/{k}": v for k, v in self.summary.items()
-                                                  if isinstance(v, (int, float))})
-                logger.log_image("eval/plots", [str(p) for p in plots.values()], caption=list(plots))
+        from luma_pl.tracking.loggers import wandb_loggers
+
+        for logger in wandb_loggers(self.trainer):
+            plots = {n: p for n, p in self.report_paths.items() if n != "report"}
+            logger.experiment.summary.update({f"eval_summary/{k}": v for k, v in self.summary.items()
+                                              if isinstance(v, (int, float))})
+            logger.log_image("eval/plots", [str(p) for p in plots.values()], caption=list(plots))
 
